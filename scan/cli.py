@@ -1,0 +1,64 @@
+"""The ``hepscan`` command line: one group, each subcommand a thin wrapper over a Python function.
+
+Subcommands live next to the code they run and are imported only when invoked, so
+``hepscan --help`` does not start Ray, Dask or MLflow.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+# name -> "module:attribute" of a click.Command
+SUBCOMMANDS: dict[str, str] = {
+    "simulate": "jobs.simulate:simulate_command",
+    "preprocess": "jobs.preprocess:preprocess_command",
+    "train": "jobs.train:train_command",
+    "scan": "scan.driver:scan_command",
+    "resume": "scan.driver:resume_command",
+    "report": "scan.report:report_command",
+    "slurm": "slurm.submit:slurm_group",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(SUBCOMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = SUBCOMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, attr = target.split(":")
+        command = getattr(importlib.import_module(module_name), attr)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=LazyGroup)
+@click.version_option(package_name="hepscan")
+def cli() -> None:
+    """hepscan: distributed hyperparameter scans for HEP machine learning."""
+
+
+def main(argv: list[str] | None = None) -> Any:
+    from jobs.errors import HepscanError
+
+    try:
+        return cli.main(args=argv, prog_name="hepscan", standalone_mode=False)
+    except HepscanError as exc:
+        click.echo(f"hepscan: error: {exc}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("hepscan: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()
