@@ -22,11 +22,26 @@ SUBCOMMANDS: dict[str, str] = {
     "report": "scan.report:report_command",
     "slurm": "slurm.submit:slurm_group",
 }
+# Listed by `hepscan --help` without importing the modules (and their engines).
+SUMMARIES: dict[str, str] = {
+    "simulate": "Simulate a sample (zll, jets, dijet) into ROOT files.",
+    "preprocess": "Turn ROOT files into Parquet training shards with Dask + uproot.",
+    "train": "Train one configuration (single process, Horovod or DDP).",
+    "scan": "Run a hyperparameter scan (Ray Tune + Optuna + ASHA, MLflow).",
+    "resume": "Continue an interrupted scan.",
+    "report": "Summarise a scan: trials, best trial, importances, plots.",
+    "slurm": "Submit scans and preprocessing to SLURM.",
+}
 
 
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(SUBCOMMANDS)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, SUMMARIES[name]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         target = SUBCOMMANDS.get(cmd_name)
