@@ -14,8 +14,25 @@ loop (jobs/train) does, for any family:
         stats = model.training_step(batch, optimizers, step_fn)
     metrics = model.evaluate({"x": X_val, "y": Y_val})   # names in family.metrics
 
-``step_fn(optimizer, loss)`` is supplied by the loop: it runs backward and the (possibly
-Horovod-wrapped) optimizer step, so families with several optimizers (GAN) stay backend-agnostic.
+``step_fn(optimizer, loss)`` is supplied by the loop and does exactly
+``optimizer.zero_grad(); loss.backward(); optimizer.step()`` (returning ``None``), with the
+(possibly Horovod-wrapped) optimizer, so families with several optimizers (GAN) stay
+backend-agnostic. A family calls it once per optimizer update and never calls ``backward`` or
+``step`` itself; a loss handed to ``step_fn`` only reaches the parameters of that optimizer
+(the GAN freezes the other network while its loss is built), so Horovod's per-parameter hooks
+fire once per step.
+
+``training_step`` returns the float loss(es) of the step; ``evaluate`` switches to eval mode,
+restores the previous mode, and returns ``{name: float}`` with at least ``val_loss`` and every
+name in ``family.metrics``; ``family.metric_modes`` says whether a scan should minimise or
+maximise each.
+
+Standardisation: the loop standardises the ``spec.standardise`` columns with train-split
+mean/std. Families that produce physical values (``smear``, ``sample``) derive from
+:class:`StandardisationBuffers`; the loop then calls
+``model.set_standardisation(x_mean, x_std, y_mean, y_std)`` (vectors aligned with
+``spec.x_columns`` / ``spec.y_columns``, identity for unlisted columns; see
+:func:`standardisation_vectors`). The values are buffers, so they travel with the state_dict.
 """
 
 from __future__ import annotations
@@ -38,6 +55,12 @@ class DataDims:
     n_inputs: int
     n_classes: tuple[int, ...] = ()  # one entry per head (class targets); () for continuous
     n_targets: int = 0  # continuous target dimension (generative families)
+    # Optional, additive: what some families need at build time so that a checkpoint is
+    # self-contained (stored as buffers). One entry per head / target.
+    names: tuple[str, ...] = ()  # head or target names (resolution: quantities; gen: targets)
+    edges: tuple[tuple[float, ...], ...] = ()  # unfolding: (edges,); resolution: per head
+    relative: tuple[bool, ...] = ()  # resolution: delta is (reco - truth) / truth
+    periodic: tuple[bool, ...] = ()  # resolution: wrap reco into (-pi, pi] (phi)
 
 
 @dataclass(frozen=True)
@@ -88,3 +111,143 @@ class Family:
     search_space: Callable[[], SearchSpace]
     metrics: tuple[str, ...]  # keys evaluate() returns, usable as scan objectives
     description: str = ""
+    # Additive: "min" or "max" per metric name, so a scan knows the direction of an objective.
+    metric_modes: Mapping[str, str] = field(default_factory=dict)
+
+    def mode(self, metric: str) -> str:
+        """``"min"`` or ``"max"`` for ``metric`` (losses and distances default to ``"min"``)."""
+        return self.metric_modes.get(metric, "min")
+
+
+def manifest_section(manifest: Mapping[str, Any], key: str, family: str) -> Mapping[str, Any]:
+    """``manifest[key]`` as a mapping, or a :class:`jobs.errors.ConfigError` naming the key."""
+    from jobs.errors import ConfigError
+
+    section = manifest.get(key)
+    if not isinstance(section, Mapping) or not section:
+        raise ConfigError(
+            f"manifest.json: family {family!r} needs the {key!r} section, "
+            f"which this dataset lacks (have {sorted(manifest)}); preprocess with that target"
+        )
+    return section
+
+
+def manifest_features(manifest: Mapping[str, Any], family: str) -> tuple[str, ...]:
+    """The ``feat_<name>`` columns, in manifest order; a ConfigError if there are none."""
+    from jobs.errors import ConfigError
+
+    features = manifest.get("features")
+    if not isinstance(features, (list, tuple)) or not features:
+        raise ConfigError(f"manifest.json: family {family!r} needs a non-empty 'features' list")
+    return tuple(f"feat_{f}" for f in features)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def standardisation_vectors(
+    spec: DataSpec, mean: Mapping[str, float], std: Mapping[str, float]
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(x_mean, x_std, y_mean, y_std) aligned with the spec's columns; identity where a column
+    is not in ``spec.standardise``."""
+
+    def vec(cols: tuple[str, ...], stats: Mapping[str, float], fill: float) -> Tensor:
+        return torch.tensor(
+            [float(stats[c]) if c in spec.standardise else fill for c in cols],
+            dtype=torch.float32,
+        )
+
+    return (
+        vec(spec.x_columns, mean, 0.0),
+        vec(spec.x_columns, std, 1.0),
+        vec(spec.y_columns, mean, 0.0) if spec.target_kind == "continuous" else torch.zeros(0),
+        vec(spec.y_columns, std, 1.0) if spec.target_kind == "continuous" else torch.ones(0),
+    )
+
+
+class StandardisationBuffers(nn.Module):
+    """Mixin holding the loop's standardisation of x (and continuous y) as buffers."""
+
+    x_mean: Tensor
+    x_std: Tensor
+    y_mean: Tensor
+    y_std: Tensor
+
+    def _init_standardisation(self, n_x: int, n_y: int) -> None:
+        self.register_buffer("x_mean", torch.zeros(n_x))
+        self.register_buffer("x_std", torch.ones(n_x))
+        self.register_buffer("y_mean", torch.zeros(n_y))
+        self.register_buffer("y_std", torch.ones(n_y))
+
+    @torch.no_grad()
+    def set_standardisation(
+        self,
+        x_mean: Tensor,
+        x_std: Tensor,
+        y_mean: Tensor | None = None,
+        y_std: Tensor | None = None,
+    ) -> None:
+        self.x_mean.copy_(torch.as_tensor(x_mean, dtype=torch.float32))
+        self.x_std.copy_(torch.as_tensor(x_std, dtype=torch.float32))
+        if y_mean is not None and self.y_mean.numel():
+            self.y_mean.copy_(torch.as_tensor(y_mean, dtype=torch.float32))
+        if y_std is not None and self.y_std.numel():
+            self.y_std.copy_(torch.as_tensor(y_std, dtype=torch.float32))
+
+    def standardise_x(self, x: Tensor) -> Tensor:
+        return (x - self.x_mean) / self.x_std
+
+    def unstandardise_y(self, y: Tensor) -> Tensor:
+        return y * self.y_std + self.y_mean
+
+
+def mlp(
+    n_in: int,
+    widths: tuple[int, ...] | list[int],
+    n_out: int,
+    *,
+    activation: type[nn.Module] = nn.ReLU,
+    batchnorm: bool = False,
+    dropout: float = 0.0,
+) -> nn.Sequential:
+    """Linear → [act → (BN) → (dropout)] per hidden width → Linear(n_out)."""
+    layers: list[nn.Module] = []
+    prev = n_in
+    for w in widths:
+        layers += [nn.Linear(prev, int(w)), activation()]
+        if batchnorm:
+            layers.append(nn.BatchNorm1d(int(w)))
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        prev = int(w)
+    layers.append(nn.Linear(prev, n_out))
+    return nn.Sequential(*layers)
+
+
+class eval_mode:
+    """``with eval_mode(model):`` — eval mode inside, the previous mode restored after."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.was_training = module.training
+
+    def __enter__(self) -> nn.Module:
+        self.module.eval()
+        return self.module
+
+    def __exit__(self, *exc: object) -> None:
+        self.module.train(self.was_training)
+
+
+def model_device(module: nn.Module) -> torch.device:
+    for p in module.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def chunked(fn: Callable[[Tensor], Tensor], x: Tensor, chunk: int = 65536) -> Tensor:
+    """``fn`` over row chunks of ``x``, concatenated (bounded memory for big validation sets)."""
+    if len(x) <= chunk:
+        return fn(x)
+    return torch.cat([fn(x[i : i + chunk]) for i in range(0, len(x), chunk)])

@@ -1,0 +1,263 @@
+"""Data-parallel backends behind one small interface (:class:`Comm`): single, Horovod, DDP.
+
+The training loop (jobs/train) only calls the methods below, so one loop serves all three.
+Engines are imported inside the classes: ``import jobs.backends`` stays light.
+
+Gradient averaging
+------------------
+* ``horovod``: ``hvd.DistributedOptimizer`` (allreduce-average overlapped with backward through
+  its gradient hooks). Families with several optimizers (the GAN) run a backward whose graph
+  reaches the *other* optimizer's parameters (generator loss through the critic); Horovod's hooks
+  then start allreduces for those parameters too, and the next ``zero_grad()`` of that optimizer
+  would raise "zero_grad() was called after loss.backward() but before optimizer.step()".
+  :meth:`HorovodComm.step` first drains such pending allreduces with ``synchronize()`` (collective;
+  every rank has the same pending set because every rank runs the same graph).
+* ``ddp``: the model is *not* wrapped in ``DistributedDataParallel``. DDP only averages gradients
+  produced through ``DDP.forward``; families whose ``training_step`` calls sub-modules directly
+  (GAN generator/critic, flows' ``log_prob``) would silently train without synchronisation, and
+  DDP's "find_unused_parameters" rules break on multi-optimizer steps. Instead
+  :meth:`DdpComm.step` allreduce-averages the optimizer's gradients after ``backward()`` in one
+  flattened buffer: the same arithmetic as DDP (sum / world size), valid for any family, and
+  one collective per step.
+
+Both give, with equal per-rank batch sizes and a mean-reduced loss, the gradient of the whole
+global batch, hence the same weights as one process (tests/test_train_distributed.py).
+
+Rendezvous
+----------
+* Horovod: ``hvd.init()`` reads the environment that ``horovodrun``/``horovod.runner.run`` or
+  ``horovod.ray.RayExecutor`` set up.
+* DDP: ``torch.distributed.init_process_group(init_method="env://")`` from ``MASTER_ADDR``,
+  ``MASTER_PORT``, ``RANK``, ``WORLD_SIZE`` (``LOCAL_RANK`` picks the GPU), unless a process
+  group already exists. gloo on CPU, nccl when training on CUDA.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from jobs.errors import ConfigError
+
+BACKENDS = ("single", "horovod", "ddp")
+
+
+class Comm:
+    """Single process: every collective is the identity."""
+
+    name = "single"
+
+    def __init__(self) -> None:
+        self.rank = 0
+        self.size = 1
+        self.local_rank = 0
+
+    def init(self, device_type: str = "cpu") -> None:
+        """Join the process group (no-op for a single process)."""
+
+    def allreduce_mean(self, values: Mapping[str, float]) -> dict[str, float]:
+        """Average a dict of floats over ranks; keys must be the same on every rank."""
+        return {k: float(v) for k, v in values.items()}
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (pickled)."""
+        return obj
+
+    def broadcast_model(self, model: nn.Module) -> None:
+        """Copy rank 0's parameters and buffers to every rank."""
+
+    def broadcast_optimizers(self, optimizers: list[torch.optim.Optimizer]) -> None:
+        """Copy rank 0's optimizer states to every rank."""
+
+    def wrap_optimizers(
+        self, model: nn.Module, optimizers: list[torch.optim.Optimizer]
+    ) -> list[torch.optim.Optimizer]:
+        return optimizers
+
+    def step(self, optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
+        """The ``step_fn`` handed to ``training_step``."""
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    def finish_epoch(self, optimizers: list[torch.optim.Optimizer]) -> None:
+        """Drain anything asynchronous before evaluation/checkpointing."""
+
+    def barrier(self) -> None:
+        """Wait for every rank."""
+
+    def shutdown(self) -> None:
+        """Leave the process group if this object created it."""
+
+
+class HorovodComm(Comm):
+    name = "horovod"
+
+    def __init__(self) -> None:
+        super().__init__()
+        import horovod.torch as hvd
+
+        self.hvd = hvd
+
+    def init(self, device_type: str = "cpu") -> None:
+        hvd = self.hvd
+        if not hvd.is_initialized():
+            hvd.init()
+        self.rank, self.size, self.local_rank = hvd.rank(), hvd.size(), hvd.local_rank()
+        if device_type == "cuda":
+            torch.cuda.set_device(self.local_rank)
+
+    def allreduce_mean(self, values: Mapping[str, float]) -> dict[str, float]:
+        keys = sorted(values)
+        t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+        out = self.hvd.allreduce(t, op=self.hvd.Average, name="hepscan.metrics")
+        return dict(zip(keys, out.tolist(), strict=True))
+
+    def broadcast_object(self, obj: Any) -> Any:
+        return self.hvd.broadcast_object(obj, root_rank=0, name="hepscan.object")
+
+    def broadcast_model(self, model: nn.Module) -> None:
+        self.hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+
+    def broadcast_optimizers(self, optimizers: list[torch.optim.Optimizer]) -> None:
+        for opt in optimizers:
+            # A fresh optimizer has no state, and every rank built it from the same broadcast
+            # parameters, so there is nothing to send. hvd.broadcast_optimizer_state would
+            # "initialise" it with a zero-gradient step, advancing Adam's step counter (and
+            # applying weight decay): 2 ranks would then differ from 1 process.
+            if opt.state_dict()["state"]:
+                self.hvd.broadcast_optimizer_state(opt, root_rank=0)
+
+    def wrap_optimizers(
+        self, model: nn.Module, optimizers: list[torch.optim.Optimizer]
+    ) -> list[torch.optim.Optimizer]:
+        wrapped = []
+        for opt in optimizers:
+            own = {id(p) for g in opt.param_groups for p in g["params"]}
+            named = [(n, p) for n, p in model.named_parameters() if id(p) in own]
+            wrapped.append(
+                self.hvd.DistributedOptimizer(opt, named_parameters=named, op=self.hvd.Average)
+            )
+        return wrapped
+
+    def step(self, optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
+        if getattr(optimizer, "_handles", None):
+            optimizer.synchronize()  # type: ignore[attr-defined]  # see module docstring
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    def finish_epoch(self, optimizers: list[torch.optim.Optimizer]) -> None:
+        for opt in optimizers:
+            if getattr(opt, "_handles", None):
+                opt.synchronize()  # type: ignore[attr-defined]
+
+    def barrier(self) -> None:
+        self.hvd.allreduce(torch.zeros(1), name="hepscan.barrier")
+
+
+class DdpComm(Comm):
+    name = "ddp"
+
+    def __init__(self, rank: int | None = None, world_size: int | None = None) -> None:
+        super().__init__()
+        self._want_rank = rank
+        self._want_size = world_size
+        self._owns_group = False
+        self.device = torch.device("cpu")
+
+    def init(self, device_type: str = "cpu") -> None:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+            if missing:
+                raise ConfigError(
+                    f"backend 'ddp': environment variables {missing} are not set "
+                    "(launch with 'hepscan train --workers N --backend ddp' or set "
+                    "MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE)"
+                )
+            rank = self._want_rank if self._want_rank is not None else int(os.environ["RANK"])
+            size = self._want_size if self._want_size is not None else int(os.environ["WORLD_SIZE"])
+            backend = "nccl" if device_type == "cuda" else "gloo"
+            if device_type == "cuda":
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
+            dist.init_process_group(backend, init_method="env://", rank=rank, world_size=size)
+            self._owns_group = True
+        self.rank, self.size = dist.get_rank(), dist.get_world_size()
+        self.local_rank = int(os.environ.get("LOCAL_RANK", self.rank))
+        if device_type == "cuda":
+            self.device = torch.device("cuda", torch.cuda.current_device())
+
+    def allreduce_mean(self, values: Mapping[str, float]) -> dict[str, float]:
+        import torch.distributed as dist
+
+        keys = sorted(values)
+        t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return dict(zip(keys, (t / self.size).tolist(), strict=True))
+
+    def broadcast_object(self, obj: Any) -> Any:
+        import torch.distributed as dist
+
+        # Pickle to bytes ourselves: broadcast_object_list would unpickle tensors onto the
+        # sender's device; bytes keep checkpoints on CPU until the loop moves them.
+        box = [pickle.dumps(obj) if self.rank == 0 else None]
+        dist.broadcast_object_list(box, src=0, device=self.device)
+        assert box[0] is not None
+        return pickle.loads(box[0])
+
+    def broadcast_model(self, model: nn.Module) -> None:
+        import torch.distributed as dist
+
+        for t in model.state_dict().values():
+            dist.broadcast(t, src=0)
+
+    def broadcast_optimizers(self, optimizers: list[torch.optim.Optimizer]) -> None:
+        for opt in optimizers:
+            state = opt.state_dict()
+            if state["state"]:  # fresh optimizers are identical already (see HorovodComm)
+                opt.load_state_dict(self.broadcast_object(state))
+
+    def step(self, optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
+        import torch.distributed as dist
+        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+        optimizer.zero_grad()
+        loss.backward()
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if grads:
+            flat = _flatten_dense_tensors(grads)
+            dist.all_reduce(flat)
+            flat /= self.size
+            for g, avg in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
+                g.copy_(avg)
+        optimizer.step()
+
+    def barrier(self) -> None:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+    def shutdown(self) -> None:
+        import torch.distributed as dist
+
+        if self._owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self._owns_group = False
+
+
+def make_comm(backend: str, rank: int | None = None, world_size: int | None = None) -> Comm:
+    """The :class:`Comm` for a backend name (``single`` | ``horovod`` | ``ddp``)."""
+    if backend == "single":
+        return Comm()
+    if backend == "horovod":
+        return HorovodComm()
+    if backend == "ddp":
+        return DdpComm(rank, world_size)
+    raise ConfigError(f"backend {backend!r} unknown (choose from {', '.join(BACKENDS)})")

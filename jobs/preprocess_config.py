@@ -1,0 +1,280 @@
+"""The ``hepscan preprocess`` configuration: a YAML file validated with pydantic.
+
+Unknown keys are errors (``extra="forbid"``) and every error names the config file and the
+key path, e.g. ``configs/preprocess_zll.yaml: unfold.edges.bins: Input should be greater
+than 0``. Relative ``files`` patterns are resolved against the directory of the config file
+(for a config given as a dict: against the current directory), so a config stays valid
+wherever it is launched from. The manifest stores the paths as written, never absolute ones
+that the patterns did not already contain.
+
+Example (all keys; the defaults are shown where a key may be left out)::
+
+    sample: zll                      # label copied into the manifest
+    files: ["../data/zll/*.root"]    # glob patterns, expanded and sorted
+    tree: events
+    branches: {}                     # logical name -> branch, overrides the selection's defaults
+    event_id: event_id               # branch, [branch_a, branch_b] (a<<32 | b) or null (file+entry)
+    weight: null                     # branch holding a per-event weight, else weight 1
+    selection: {kind: zll_pair, z_mass: 91.1876, window: 0.25, iso_max: 0.1, lep_pt_min: 0.0}
+    features: [reco_mass, reco_l1_pt, reco_l2_pt, reco_l1_iso, reco_l2_iso]
+    unfold:                          # optional: binned unfolding targets
+      quantity: mass
+      truth: truth_mass              # null for reco-only data (no truth_bin / migration)
+      reco: reco_mass
+      edges: {start: 65.0, stop: 115.0, bins: 40}   # or an explicit increasing list
+      outside: drop                  # drop rows whose truth or reco value is outside the edges
+    resolution:                      # optional: (reco - truth) classes + inefficiency class
+      n_classes: 100
+      quantile_range: [0.01, 0.99]   # class edges span these quantiles of the train split
+      quantities:
+        pt: {truth: truth_pt, reco: reco_pt, mode: relative}   # relative | absolute | angle
+    generative: {condition: [truth_mass], target: [reco_mass]}
+    split: {train: 0.8, validation: 0.1, test: 0.1}
+    nan_policy: error                # or drop (dropped events are counted in the manifest)
+    step_size: 100 MB                # Dask partition size: bytes or "N MB"/"N GB" (uproot syntax)
+    shard_rows: 1000000              # at most this many rows per Parquet shard
+    compression: snappy              # snappy | zstd | none
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from jobs.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Edges(_Strict):
+    start: float
+    stop: float
+    bins: int = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Edges:
+        if not self.stop > self.start:
+            raise ValueError("stop must be greater than start")
+        return self
+
+
+class UnfoldConfig(_Strict):
+    quantity: str
+    truth: str | None
+    reco: str
+    edges: Edges | list[float]
+    outside: Literal["drop", "keep"] = "drop"
+
+    @field_validator("edges")
+    @classmethod
+    def _increasing(cls, v: Edges | list[float]) -> Edges | list[float]:
+        if isinstance(v, list) and (len(v) < 2 or any(b <= a for a, b in zip(v, v[1:]))):
+            raise ValueError("explicit edges must be a strictly increasing list of >= 2 values")
+        return v
+
+    def edge_values(self) -> list[float]:
+        if isinstance(self.edges, Edges):
+            import numpy as np
+
+            e = self.edges
+            return [float(x) for x in np.linspace(e.start, e.stop, e.bins + 1)]
+        return [float(x) for x in self.edges]
+
+
+class ResolutionQuantity(_Strict):
+    truth: str
+    reco: str
+    mode: Literal["relative", "absolute", "angle"] = "absolute"
+    range: tuple[float, float] | None = None
+
+    @field_validator("range")
+    @classmethod
+    def _range_ordered(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not v[1] > v[0]:
+            raise ValueError("range must be [low, high] with high > low")
+        return v
+
+
+class ResolutionConfig(_Strict):
+    n_classes: int = Field(default=100, ge=2)
+    quantile_range: tuple[float, float] = (0.01, 0.99)
+    quantities: dict[str, ResolutionQuantity]
+
+    @field_validator("quantile_range")
+    @classmethod
+    def _q_ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 <= v[0] < v[1] <= 1.0:
+            raise ValueError("quantile_range must satisfy 0 <= low < high <= 1")
+        return v
+
+
+class GenerativeConfig(_Strict):
+    condition: list[str] = Field(min_length=1)
+    target: list[str] = Field(min_length=1)
+
+
+class SplitConfig(_Strict):
+    train: float = Field(default=0.8, gt=0.0)
+    validation: float = Field(default=0.1, ge=0.0)
+    test: float = Field(default=0.1, ge=0.0)
+
+    @model_validator(mode="after")
+    def _sum_one(self) -> SplitConfig:
+        if abs(self.train + self.validation + self.test - 1.0) > 1e-9:
+            raise ValueError("train + validation + test must sum to 1")
+        return self
+
+
+class ZllPairSelection(_Strict):
+    """Best opposite-charge same-flavour isolated lepton pair closest to mZ (zll samples)."""
+
+    kind: Literal["zll_pair"]
+    z_mass: float = 91.1876
+    window: float = Field(default=0.25, gt=0.0)
+    iso_max: float = 0.1
+    lep_pt_min: float = 0.0
+
+
+class JetsSelection(_Strict):
+    """One row per truth jet; unreconstructed jets keep their truth (inefficiency class)."""
+
+    kind: Literal["jets"]
+    truth_pt_min: float = 0.0
+
+
+class DijetSelection(_Strict):
+    kind: Literal["dijet"]
+
+
+class HzzMuonMatchSelection(_Strict):
+    """One row per reco muon, matched to the MC truth lepton within ``dr_max``."""
+
+    kind: Literal["hzz_muon_match"]
+    dr_max: float = Field(default=0.3, gt=0.0)
+    muon_pt_min: float = 0.0
+
+
+class ZmumuRecoSelection(_Strict):
+    """Reco-only dimuon candidates (one per entry), e.g. the CMS ``Zmumu`` file."""
+
+    kind: Literal["zmumu_reco"]
+    opposite_charge: bool = True
+    z_mass: float = 91.1876
+    window: float | None = 0.25
+
+
+Selection = Annotated[
+    ZllPairSelection
+    | JetsSelection
+    | DijetSelection
+    | HzzMuonMatchSelection
+    | ZmumuRecoSelection,
+    Field(discriminator="kind"),
+]
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|kB|KB|MB|GB|KiB|MiB|GiB)\s*$")
+
+
+class PreprocessConfig(_Strict):
+    sample: str
+    files: list[str] = Field(min_length=1)
+    tree: str = "events"
+    branches: dict[str, str] = Field(default_factory=dict)
+    event_id: str | list[str] | None = "event_id"
+    weight: str | None = None
+    selection: Selection
+    features: list[str] = Field(min_length=1)
+    unfold: UnfoldConfig | None = None
+    resolution: ResolutionConfig | None = None
+    generative: GenerativeConfig | None = None
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    nan_policy: Literal["error", "drop"] = "error"
+    step_size: int | str = "100 MB"
+    shard_rows: int = Field(default=1_000_000, gt=0)
+    compression: Literal["snappy", "zstd", "none"] = "snappy"
+
+    @field_validator("step_size")
+    @classmethod
+    def _step(cls, v: int | str) -> int | str:
+        if isinstance(v, int):
+            if v <= 0:
+                raise ValueError("step_size must be positive")
+            return v
+        if not _SIZE.match(v):
+            raise ValueError("step_size must be bytes or a size such as '100 MB'")
+        return v
+
+    @field_validator("event_id")
+    @classmethod
+    def _eid(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(v, list) and not 1 <= len(v) <= 2:
+            raise ValueError("event_id lists take one or two branches (run, event)")
+        return v
+
+
+def _loc(loc: tuple[int | str, ...], kinds: set[str]) -> str:
+    out = ""
+    for i, part in enumerate(loc):
+        # pydantic puts the discriminator value into the path of tagged unions; users never write it
+        if i > 0 and loc[i - 1] == "selection" and part in kinds:
+            continue
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top level>"
+
+
+def parse_config(data: Any, source: str) -> PreprocessConfig:
+    """Validate a mapping; errors become :class:`ConfigError` naming ``source`` and the key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys at the top level")
+    try:
+        return PreprocessConfig.model_validate(data)
+    except ValidationError as exc:
+        kinds = {"zll_pair", "jets", "dijet", "hzz_muon_match", "zmumu_reco"}
+        lines = []
+        for err in exc.errors():
+            key = _loc(tuple(err["loc"]), kinds)
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            lines.append(f"{source}: {key}: {msg}")
+        raise ConfigError("; ".join(lines)) from None
+
+
+def load_config(config: str | os.PathLike[str] | dict[str, Any]) -> tuple[PreprocessConfig, Path, str]:
+    """Return (validated config, base dir for relative files, source label for messages)."""
+    if isinstance(config, dict):
+        return parse_config(config, "<config dict>"), Path.cwd(), "<config dict>"
+    import yaml
+
+    path = Path(config)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    return parse_config(data, str(path)), path.parent, str(path)
+
+
+def step_size_bytes(step: int | str) -> int:
+    if isinstance(step, int):
+        return step
+    m = _SIZE.match(step)
+    assert m is not None
+    factor = {
+        "B": 1,
+        "kB": 1000,
+        "KB": 1000,
+        "MB": 1000**2,
+        "GB": 1000**3,
+        "KiB": 1024,
+        "MiB": 1024**2,
+        "GiB": 1024**3,
+    }[m.group(2)]
+    return int(float(m.group(1)) * factor)

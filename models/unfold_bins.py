@@ -1,0 +1,190 @@
+"""Unfolding as truth-bin classification (Işıldak, Hayreter, Wiederhold — Table I).
+
+features → Linear(100) (linear activation) → ``depth`` × [Linear(w) → ReLU (→ BN) (→ dropout)]
+→ Linear(N) → softmax over the N truth bins, with ``w = round(α·N^p)`` (capped at
+``max_width``). The paper uses α=8, p=2 for 20 bins and α=p=1 for 40 and 60 bins.
+
+The unfolded histogram is the sum of per-event predicted probabilities (paper eq. 4), not the
+argmax: ``N_j = Σ_k p_k^j``.
+
+.. code-block:: python
+
+    spec = FAMILY.data_spec(manifest)      # x = feat_*, y = truth_bin (rows with -1 dropped)
+    model = FAMILY.build(UnfoldBinsConfig(alpha=8, p=2), spec.dims)
+    hist = model.unfold(x)                 # (N,) float64
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.base import (
+    DataDims,
+    DataSpec,
+    Family,
+    SearchSpace,
+    StepFn,
+    chunked,
+    eval_mode,
+    manifest_features,
+    manifest_section,
+    mlp,
+    model_device,
+)
+from models.metrics import unfolding_scores
+
+__all__ = ["FAMILY", "UnfoldBinsConfig", "UnfoldBinsNet", "unfold_edges"]
+
+NAME = "unfold_bins"
+METRICS = ("val_loss", "accuracy", "chi2_ndf", "ks", "ad")
+# ks and ad are p-values, as the paper's "scores": 1 = perfect agreement.
+MODES = {"val_loss": "min", "accuracy": "max", "chi2_ndf": "min", "ks": "max", "ad": "max"}
+
+
+@dataclass
+class UnfoldBinsConfig:
+    alpha: float = 1.0
+    p: float = 1.0
+    depth: int = 1
+    input_width: int = 100
+    max_width: int = 4096
+    batchnorm: bool = False
+    dropout: float = 0.0
+    weight_decay: float = 0.0
+
+    def hidden_width(self, n_bins: int) -> int:
+        return int(min(self.max_width, max(1, round(self.alpha * n_bins**self.p))))
+
+
+def class_target(y: Tensor) -> Tensor:
+    """A class column as a 1-d long tensor, whether the loop hands (B,) or (B, 1)."""
+    return (y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y).long()
+
+
+def unfold_edges(manifest: Mapping[str, Any], family: str) -> tuple[float, ...]:
+    """The unfolding bin edges from ``manifest["unfold"]["edges"]``, validated."""
+    from jobs.errors import ConfigError
+
+    unfold = manifest_section(manifest, "unfold", family)
+    edges = unfold.get("edges")
+    if not isinstance(edges, (list, tuple)) or len(edges) < 3:
+        raise ConfigError(
+            f"manifest.json: 'unfold.edges' must list at least 3 edges (2 bins) for {family!r}"
+        )
+    e = tuple(float(v) for v in edges)
+    if any(b <= a for a, b in zip(e, e[1:])) or not all(math.isfinite(v) for v in e):
+        raise ConfigError("manifest.json: 'unfold.edges' must be finite and strictly increasing")
+    return e
+
+
+def data_spec(manifest: Mapping[str, Any]) -> DataSpec:
+    feats = manifest_features(manifest, NAME)
+    edges = unfold_edges(manifest, NAME)
+    n_bins = len(edges) - 1
+    quantity = manifest_section(manifest, "unfold", NAME).get("quantity", "")
+    return DataSpec(
+        x_columns=feats,
+        y_columns=("truth_bin",),
+        target_kind="class",
+        dims=DataDims(n_inputs=len(feats), n_classes=(n_bins,), edges=(edges,)),
+        drop_negative_y=True,
+        extra={"edges": list(edges), "quantity": quantity},
+    )
+
+
+class UnfoldBinsNet(nn.Module):
+    def __init__(self, config: UnfoldBinsConfig, dims: DataDims) -> None:
+        super().__init__()
+        if len(dims.n_classes) != 1 or dims.n_classes[0] < 2:
+            raise ValueError(f"{NAME} needs one class head with >= 2 bins, got {dims.n_classes}")
+        self.config = config
+        self.n_bins = dims.n_classes[0]
+        width = config.hidden_width(self.n_bins)
+        self.net = nn.Sequential(
+            nn.Linear(dims.n_inputs, config.input_width),  # linear "input" layer of Table I
+            mlp(
+                config.input_width,
+                [width] * config.depth,
+                self.n_bins,
+                batchnorm=config.batchnorm,
+                dropout=config.dropout,
+            ),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits over the truth bins, (B, N)."""
+        return self.net(x)  # type: ignore[no-any-return]
+
+    @torch.no_grad()
+    def predict_proba(self, x: Tensor) -> Tensor:
+        with eval_mode(self):
+            x = x.to(model_device(self), torch.float32)
+            return chunked(lambda c: F.softmax(self(c), dim=1), x)
+
+    @torch.no_grad()
+    def unfold(self, x: Tensor) -> Tensor:
+        """Unfolded histogram (N,) float64: the sum of predicted probabilities over events."""
+        return self.predict_proba(x).sum(dim=0, dtype=torch.float64)
+
+    def configure_optimizers(self, lr: float) -> list[torch.optim.Optimizer]:
+        return [torch.optim.Adam(self.parameters(), lr=lr, weight_decay=self.config.weight_decay)]
+
+    def training_step(
+        self, batch: dict[str, Tensor], optimizers: list[torch.optim.Optimizer], step_fn: StepFn
+    ) -> dict[str, float]:
+        loss = F.cross_entropy(self(batch["x"]), class_target(batch["y"]))
+        step_fn(optimizers[0], loss)
+        return {"loss": float(loss.detach())}
+
+    @torch.no_grad()
+    def evaluate(self, data: dict[str, Tensor]) -> dict[str, float]:
+        dev = model_device(self)
+        x = data["x"].to(dev, torch.float32)
+        y = class_target(data["y"].to(dev))
+        keep = y >= 0
+        x, y = x[keep], y[keep]
+        with eval_mode(self):
+            logits = chunked(self, x)
+        probs = F.softmax(logits, dim=1)
+        unfolded = probs.sum(dim=0, dtype=torch.float64).cpu().numpy()
+        truth = np.bincount(y.cpu().numpy(), minlength=self.n_bins).astype(np.float64)
+        out = {
+            "val_loss": float(F.cross_entropy(logits, y)),
+            "accuracy": float((logits.argmax(dim=1) == y).float().mean()),
+        }
+        out.update(unfolding_scores(unfolded, truth))
+        return out
+
+
+def build(config: UnfoldBinsConfig, dims: DataDims) -> UnfoldBinsNet:
+    return UnfoldBinsNet(config, dims)
+
+
+def search_space() -> SearchSpace:
+    return {
+        "alpha": ("loguniform", 0.5, 16.0),
+        "p": ("uniform", 0.5, 2.0),
+        "depth": ("int", 1, 3),
+        "dropout": ("uniform", 0.0, 0.3),
+        "batchnorm": ("choice", [False, True]),
+    }
+
+
+FAMILY = Family(
+    name=NAME,
+    config_cls=UnfoldBinsConfig,
+    build=build,
+    data_spec=data_spec,
+    search_space=search_space,
+    metrics=METRICS,
+    description="Unfolding as truth-bin classification; histogram = sum of probabilities.",
+    metric_modes=MODES,
+)

@@ -1,0 +1,332 @@
+"""The Ray Tune trainable of a scan: one trial = jobs/train's :class:`TrainSession` on N ranks.
+
+One Tune iteration is one epoch, so ASHA can stop a trial after any epoch. Ranks live
+
+* ``workers == 1``: in the trainable's own process;
+* ``backend: horovod``: in a ``horovod.ray.RayExecutor`` group placed in the trial's placement
+  group (the trainable requests ``[{"CPU": 0}] + [{"CPU": c, "GPU": g}] * N``, see
+  :func:`trial_resources`), Gloo rendezvous set up by the executor;
+* ``backend: ddp``: in N Ray actors in the same placement group, joined with
+  ``torch.distributed`` (gloo on CPU, nccl on GPU) from ``MASTER_ADDR``/``MASTER_PORT``.
+
+Worker start-up (processes, imports, rendezvous) costs seconds while a tiny trial trains in
+fractions of one, so the trainable is reused between trials (``reuse_actors=True``,
+:meth:`ScanTrainable.reset_config`) and keeps its rank group alive: a new trial only builds a new
+``TrainSession`` on the same ranks (Horovod stays initialised, the DDP process group stays up).
+
+Checkpoints: rank 0 writes ``last.pt``/``best.pt`` into a private directory after every epoch;
+:meth:`ScanTrainable.save_checkpoint` copies them into Tune's checkpoint so a trial resumes
+(``hepscan resume``, retries after a failure) from its last epoch on any node.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+STATIC_KEY = "_static"  # param_space key holding the scan's fixed settings (not a hyperparameter)
+CKPT_FILES = ("last.pt", "best.pt")
+STATE_FILE = "trainable.json"
+
+
+def trial_resources(workers: int, cpus_per_worker: float, gpus_per_worker: float) -> Any:
+    """Placement-group request of one trial: an empty bundle for the trainable (it only
+    coordinates) plus one bundle per rank; a single rank trains inside the trainable."""
+    worker = {"CPU": cpus_per_worker} | ({"GPU": gpus_per_worker} if gpus_per_worker else {})
+    if workers == 1:
+        return tune.PlacementGroupFactory([worker])
+    return tune.PlacementGroupFactory([{"CPU": 0}] + [dict(worker) for _ in range(workers)])
+
+
+def split_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(TrainConfig overrides, model config) from a flat trial config."""
+    from scan.config import TRAIN_PARAMS
+
+    train = {k: v for k, v in params.items() if k in TRAIN_PARAMS}
+    model = {k: v for k, v in params.items() if k not in TRAIN_PARAMS}
+    return train, model
+
+
+def build_train_config(static: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """The TrainConfig mapping (``checkpoint_dir`` unset) of one trial."""
+    merged = {**static.get("fixed", {}), **{k: v for k, v in params.items() if v is not None}}
+    train, model = split_params(merged)
+    workers = int(static["workers"])
+    cfg: dict[str, Any] = {
+        "dataset": static["dataset"],
+        "family": static["family"],
+        "model": model,
+        "epochs": int(static["max_epochs"]),
+        "backend": static["backend"] if workers > 1 else "single",
+        "workers": workers,
+        "monitor": static["monitor"],
+        "mode": static["mode"],
+        "seed": int(static["seed"]),
+    }
+    cfg.update(train)
+    if "lr" in cfg:
+        cfg["lr"] = float(cfg["lr"])
+    if "batch_size" in cfg:
+        # The global batch must split evenly over the ranks.
+        b = int(cfg["batch_size"])
+        cfg["batch_size"] = max(workers, b - b % workers)
+    return cfg
+
+
+class RankWorker:
+    """One rank: a TrainSession and its private checkpoint directory.
+
+    Used in-process, as the ``executable_cls`` of a Horovod ``RayExecutor`` and as a DDP actor.
+    """
+
+    def __init__(self, rank: int = 0, world_size: int = 1) -> None:
+        self.rank = rank
+        self.world_size = world_size
+        self.session: Any = None
+        self.ckpt_dir: str | None = None
+
+    def set_env(self, env: dict[str, str]) -> None:
+        os.environ.update(env)
+
+    def address(self) -> tuple[str, int]:
+        import socket
+
+        import ray
+
+        ip = ray.util.get_node_ip_address()
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = int(s.getsockname()[1])
+        return ip, port
+
+    def start(self, config: dict[str, Any], files: dict[str, bytes] | None) -> None:
+        """Build and set up a session for ``config``, resuming from ``files`` when given."""
+        from jobs.train import TrainSession, train_config_from_dict
+
+        self._drop()
+        self.ckpt_dir = tempfile.mkdtemp(prefix="hepscan-trial-")
+        for name, blob in (files or {}).items():
+            Path(self.ckpt_dir, name).write_bytes(blob)
+        cfg = train_config_from_dict({**config, "checkpoint_dir": self.ckpt_dir}, "trial config")
+        self.session = TrainSession(cfg, rank=self.rank, world_size=self.world_size)
+        self.session.setup()
+
+    def run_epoch(self) -> tuple[dict[str, float], bool]:
+        metrics = self.session.run_epoch()
+        self.session.save_checkpoint()
+        return metrics, bool(self.session.done)
+
+    def checkpoint_files(self) -> dict[str, bytes]:
+        if self.ckpt_dir is None:
+            return {}
+        out = {}
+        for name in CKPT_FILES:
+            p = Path(self.ckpt_dir, name)
+            if p.exists():
+                out[name] = p.read_bytes()
+        return out
+
+    def _drop(self) -> None:
+        # The session is dropped, not closed: closing would tear down the process group that
+        # the next trial on these ranks reuses.
+        self.session = None
+        if self.ckpt_dir is not None:
+            shutil.rmtree(self.ckpt_dir, ignore_errors=True)
+            self.ckpt_dir = None
+
+    def stop(self) -> None:
+        if self.session is not None:
+            try:
+                self.session.close()
+            except Exception:  # noqa: BLE001 - best effort at shutdown
+                pass
+        self._drop()
+
+
+class _LocalGroup:
+    def __init__(self) -> None:
+        self.worker = RankWorker()
+
+    def start(self, config: dict[str, Any], files: dict[str, bytes] | None) -> None:
+        self.worker.start(config, files)
+
+    def run_epoch(self) -> tuple[dict[str, float], bool]:
+        return self.worker.run_epoch()
+
+    def checkpoint_files(self) -> dict[str, bytes]:
+        return self.worker.checkpoint_files()
+
+    def shutdown(self) -> None:
+        self.worker.stop()
+
+
+class _HorovodGroup:
+    def __init__(self, workers: int, cpus: float, gpus: float) -> None:
+        from horovod.ray import RayExecutor
+
+        settings = RayExecutor.create_settings(timeout_s=60)
+        self.executor = RayExecutor(
+            settings,
+            num_workers=workers,
+            cpus_per_worker=cpus,
+            use_gpu=gpus > 0,
+            gpus_per_worker=int(math.ceil(gpus)) if gpus > 0 else None,
+            use_current_placement_group=True,
+        )
+        self.executor.start(executable_cls=RankWorker)
+
+    def start(self, config: dict[str, Any], files: dict[str, bytes] | None) -> None:
+        self.executor.execute(lambda w: w.start(config, files))
+
+    def run_epoch(self) -> tuple[dict[str, float], bool]:
+        return self.executor.execute(lambda w: w.run_epoch())[0]
+
+    def checkpoint_files(self) -> dict[str, bytes]:
+        return self.executor.execute_single(lambda w: w.checkpoint_files())
+
+    def shutdown(self) -> None:
+        try:
+            self.executor.execute(lambda w: w.stop())
+        finally:
+            self.executor.shutdown()
+
+
+class _DdpGroup:
+    def __init__(self, workers: int, cpus: float, gpus: float) -> None:
+        import ray
+        from ray.util.placement_group import get_current_placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        pg = get_current_placement_group()
+        strategy = (
+            PlacementGroupSchedulingStrategy(pg, placement_group_capture_child_tasks=False)
+            if pg is not None
+            else None
+        )
+        remote = ray.remote(RankWorker)
+        self.actors = [
+            remote.options(num_cpus=cpus, num_gpus=gpus, scheduling_strategy=strategy).remote(
+                rank, workers
+            )
+            for rank in range(workers)
+        ]
+        ip, port = ray.get(self.actors[0].address.remote())
+        ray.get(
+            [
+                a.set_env.remote(
+                    {
+                        "MASTER_ADDR": ip,
+                        "MASTER_PORT": str(port),
+                        "RANK": str(rank),
+                        "WORLD_SIZE": str(workers),
+                        "LOCAL_RANK": "0" if gpus else str(rank),
+                    }
+                )
+                for rank, a in enumerate(self.actors)
+            ]
+        )
+
+    def start(self, config: dict[str, Any], files: dict[str, bytes] | None) -> None:
+        import ray
+
+        ray.get([a.start.remote(config, files) for a in self.actors])
+
+    def run_epoch(self) -> tuple[dict[str, float], bool]:
+        import ray
+
+        return ray.get([a.run_epoch.remote() for a in self.actors])[0]
+
+    def checkpoint_files(self) -> dict[str, bytes]:
+        import ray
+
+        return ray.get(self.actors[0].checkpoint_files.remote())
+
+    def shutdown(self) -> None:
+        import ray
+
+        try:
+            ray.get([a.stop.remote() for a in self.actors], timeout=30)
+        except Exception:  # noqa: BLE001 - the actors are killed next anyway
+            pass
+        for a in self.actors:
+            ray.kill(a)
+
+
+def _make_group(static: dict[str, Any]) -> Any:
+    workers = int(static["workers"])
+    cpus, gpus = float(static["cpus_per_worker"]), float(static["gpus_per_worker"])
+    if workers == 1:
+        return _LocalGroup()
+    if static["backend"] == "horovod":
+        return _HorovodGroup(workers, cpus, gpus)
+    return _DdpGroup(workers, cpus, gpus)
+
+
+class ScanTrainable(tune.Trainable):
+    """One trial; reused for the next trial through :meth:`reset_config`."""
+
+    _group: Any = None
+
+    def setup(self, config: dict[str, Any]) -> None:
+        self._configure(config)
+
+    def _configure(self, config: dict[str, Any]) -> None:
+        static = config[STATIC_KEY]
+        params = {k: v for k, v in config.items() if k != STATIC_KEY}
+        self._static = static
+        self._train_cfg = build_train_config(static, params)
+        self._resume: dict[str, bytes] | None = None
+        self._started = False
+        self._train_time_total = 0.0
+
+    def step(self) -> dict[str, Any]:
+        if self._group is None:
+            self._group = _make_group(self._static)
+        if not self._started:
+            self._group.start(self._train_cfg, self._resume)
+            self._started = True
+        t0 = time.perf_counter()
+        metrics, done = self._group.run_epoch()
+        self._train_time_total += float(metrics.get("train_time_s", time.perf_counter() - t0))
+        out: dict[str, Any] = dict(metrics)
+        out["train_time_total_s"] = self._train_time_total
+        if done:
+            out["done"] = True
+        return out
+
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        files = self._group.checkpoint_files() if self._group is not None else {}
+        for name, blob in files.items():
+            Path(checkpoint_dir, name).write_bytes(blob)
+        Path(checkpoint_dir, STATE_FILE).write_text(
+            json.dumps({"train_time_total_s": self._train_time_total})
+        )
+
+    def load_checkpoint(self, checkpoint: Any) -> None:
+        d = Path(checkpoint)
+        self._resume = {n: (d / n).read_bytes() for n in CKPT_FILES if (d / n).exists()}
+        state = d / STATE_FILE
+        if state.exists():
+            self._train_time_total = float(json.loads(state.read_text())["train_time_total_s"])
+        self._started = False  # the next step sets the session up from these files
+
+    def reset_config(self, new_config: dict[str, Any]) -> bool:
+        if new_config[STATIC_KEY] != self._static:
+            return False
+        self._configure(new_config)
+        return True
+
+    def cleanup(self) -> None:
+        if self._group is not None:
+            try:
+                self._group.shutdown()
+            finally:
+                self._group = None
