@@ -275,6 +275,12 @@ def validate_inputs(plan: Plan, files: list[tuple[str, str]]) -> tuple[list[Inpu
                 f"{display}: not a readable ROOT file ({type(exc).__name__}: {exc})"
             ) from None
         with fobj:
+            end = int(getattr(fobj.file, "fEND", 0) or 0)
+            if end > size:
+                raise InputError(
+                    f"{display}: truncated file: the ROOT header says {end} bytes, "
+                    f"the file has {size}"
+                )
             try:
                 tree = fobj[plan.cfg.tree]
             except Exception:
@@ -282,8 +288,10 @@ def validate_inputs(plan: Plan, files: list[tuple[str, str]]) -> tuple[list[Inpu
                 raise InputError(
                     f"{display}: no tree {plan.cfg.tree!r} (tree; file has keys {keys})"
                 ) from None
-            if not hasattr(tree, "num_entries"):
-                raise InputError(f"{display}: {plan.cfg.tree!r} is not a TTree (tree)")
+            if not isinstance(tree, uproot.TTree):
+                raise InputError(
+                    f"{display}: {plan.cfg.tree!r} is a {type(tree).__name__}, not a TTree (tree)"
+                )
             present = set(tree.keys())
             mapping: dict[str, str] = {}
             for logical, branch in plan.branches.items():
@@ -417,7 +425,11 @@ def _process_partition(task: _Task) -> _Result:
 
     if plan.eid_branches:
         ids = [np.asarray(ak.to_numpy(raw[b])).astype(np.uint64) for b in plan.eid_branches]
-        eid = ids[0] if len(ids) == 1 else (ids[0] << np.uint64(32)) | (ids[1] & np.uint64(0xFFFFFFFF))
+        eid = (
+            ids[0]
+            if len(ids) == 1
+            else (ids[0] << np.uint64(32)) | (ids[1] & np.uint64(0xFFFFFFFF))
+        )
         event_id = eid[rows]
     else:
         event_id = splitmix64(np.uint64(task.file_key) ^ entries[rows].astype(np.uint64))
@@ -456,7 +468,9 @@ def _partition_stats(res: _Result, plan: Plan) -> dict[str, Any]:
     if cfg.resolution is not None:
         ok = train & (res.columns["reco_ok"] > 0.5) if plan.has_ok else train
         for q, spec in cfg.resolution.quantities.items():
-            deltas[q] = resolution_delta(spec.mode, res.columns[spec.truth][ok], res.columns[spec.reco][ok])
+            deltas[q] = resolution_delta(
+                spec.mode, res.columns[spec.truth][ok], res.columns[spec.reco][ok]
+            )
     hist: dict[str, np.ndarray] = {}
     if cfg.unfold is not None and plan.edges is not None:
         edges = np.asarray(plan.edges)
@@ -546,7 +560,9 @@ def _table(
         n_classes = cfg.resolution.n_classes
         ok = res.columns["reco_ok"][idx] > 0.5 if plan.has_ok else np.ones(idx.size, bool)
         for q, qspec in cfg.resolution.quantities.items():
-            d = resolution_delta(qspec.mode, res.columns[qspec.truth][idx], res.columns[qspec.reco][idx])
+            d = resolution_delta(
+                qspec.mode, res.columns[qspec.truth][idx], res.columns[qspec.reco][idx]
+            )
             edges = np.asarray(res_edges[q])
             cls = np.clip(np.searchsorted(edges, d, side="right") - 1, 0, n_classes - 1)
             cols[f"res_{q}"] = np.where(ok, cls, n_classes).astype(np.int32)
@@ -622,7 +638,7 @@ def _dask_client(scheduler: str | None, workers: int | None, n_parts: int) -> It
         n_workers=n,
         threads_per_worker=1,
         processes=True,
-        dashboard_address=None,
+        dashboard_address=":0",  # any free port: 8787 may be taken
         silence_logs=logging.ERROR,
     )
     client = Client(cluster)
@@ -669,10 +685,13 @@ def _plot(path: Path, plan: Plan, edges: np.ndarray, truth: np.ndarray, reco: np
         plt.close(fig)
 
 
-def _prepare_out(out: Path, overwrite: bool) -> tuple[Path, list[Path]]:
-    """Create the temp dir next to ``out``; returns it and the parents we created."""
+def _check_out(out: Path, overwrite: bool) -> None:
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
         raise OutputError(f"{out}: output exists and is not empty (use --overwrite to replace it)")
+
+
+def _prepare_out(out: Path) -> tuple[Path, list[Path]]:
+    """Create the temp dir next to ``out``; returns it and the parents we created."""
     created: list[Path] = []
     parent = out.parent
     probe = parent
@@ -687,7 +706,9 @@ def _prepare_out(out: Path, overwrite: bool) -> tuple[Path, list[Path]]:
         tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the dataset is not
     except OSError as exc:
         _remove_created(created)
-        raise OutputError(f"{out}: cannot write the output directory ({exc.strerror or exc})") from None
+        raise OutputError(
+            f"{out}: cannot write the output directory ({exc.strerror or exc})"
+        ) from None
     return tmp, created
 
 
@@ -717,6 +738,8 @@ def preprocess(
     if workers is not None and workers < 1:
         raise ConfigError(f"option 'workers' must be >= 1, got {workers}")
     plan = make_plan(cfg, source)
+    out_path = Path(out)
+    _check_out(out_path, overwrite)
     if inputs:
         pairs = [p for pat in inputs for p in _expand([pat], Path.cwd(), f"--input {pat!r}")]
         files = sorted(dict(pairs).items())
@@ -728,8 +751,7 @@ def preprocess(
     if sum(f.entries for f in input_files) == 0:
         raise InputError(f"{input_files[0].display}: tree {cfg.tree!r} has no entries")
 
-    out_path = Path(out)
-    tmp, created = _prepare_out(out_path, overwrite)
+    tmp, created = _prepare_out(out_path)
     try:
         manifest = _run(plan, input_files, patterns, tmp, scheduler, workers)
         text = json.dumps(manifest, sort_keys=True, indent=2) + "\n"
@@ -781,7 +803,9 @@ def _run(
     with _dask_client(scheduler, workers, len(tasks)) as client:
         futures = [client.submit(_process_partition, t, pure=False) for t in tasks]
         try:
-            stats = client.gather([client.submit(_partition_stats, fu, plan, pure=False) for fu in futures])
+            stats = client.gather(
+                [client.submit(_partition_stats, fu, plan, pure=False) for fu in futures]
+            )
             fit = _fit(plan, stats, files)
             first: list[list[int]] = []
             nxt = [0] * len(SPLITS)
@@ -934,7 +958,9 @@ def _fit(plan: Plan, stats: list[dict[str, Any]], files: list[InputFile]) -> dic
                 lo, hi = (float(x) for x in np.quantile(deltas, [lo_q, hi_q]))
                 if not hi > lo:
                     hi = lo + 1e-12
-            res_edges[q] = tuple(float(x) for x in np.linspace(lo, hi, cfg.resolution.n_classes + 1))
+            res_edges[q] = tuple(
+                float(x) for x in np.linspace(lo, hi, cfg.resolution.n_classes + 1)
+            )
     hist: dict[str, np.ndarray] = {}
     for key in ("reco", "truth"):
         parts = [s["hist"][key] for s in stats if key in s["hist"]]

@@ -74,7 +74,9 @@ class UnfoldConfig(_Strict):
     @field_validator("edges")
     @classmethod
     def _increasing(cls, v: Edges | list[float]) -> Edges | list[float]:
-        if isinstance(v, list) and (len(v) < 2 or any(b <= a for a, b in zip(v, v[1:]))):
+        if isinstance(v, list) and (
+            len(v) < 2 or any(b <= a for a, b in zip(v[:-1], v[1:], strict=True))
+        ):
             raise ValueError("explicit edges must be a strictly increasing list of >= 2 values")
         return v
 
@@ -170,11 +172,7 @@ class ZmumuRecoSelection(_Strict):
 
 
 Selection = Annotated[
-    ZllPairSelection
-    | JetsSelection
-    | DijetSelection
-    | HzzMuonMatchSelection
-    | ZmumuRecoSelection,
+    ZllPairSelection | JetsSelection | DijetSelection | HzzMuonMatchSelection | ZmumuRecoSelection,
     Field(discriminator="kind"),
 ]
 
@@ -218,13 +216,23 @@ class PreprocessConfig(_Strict):
         return v
 
 
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MODEL_TAGS = {"Edges", "ResolutionQuantity", "ResolutionConfig", "UnfoldConfig"}
+
+
 def _loc(loc: tuple[int | str, ...], kinds: set[str]) -> str:
     out = ""
     for i, part in enumerate(loc):
-        # pydantic puts the discriminator value into the path of tagged unions; users never write it
+        if isinstance(part, int):
+            out += f"[{part}]"
+            continue
+        # pydantic puts union tags into the path (the discriminator value of tagged unions,
+        # 'function-after[...]', 'list[float]' or a model name); users never write them
         if i > 0 and loc[i - 1] == "selection" and part in kinds:
             continue
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if not _KEY.match(part) or part in _MODEL_TAGS:
+            continue
+        out += f".{part}" if out else part
     return out or "<top level>"
 
 
@@ -236,15 +244,24 @@ def parse_config(data: Any, source: str) -> PreprocessConfig:
         return PreprocessConfig.model_validate(data)
     except ValidationError as exc:
         kinds = {"zll_pair", "jets", "dijet", "hzz_muon_match", "zmumu_reco"}
-        lines = []
+        found: list[tuple[str, str]] = []
         for err in exc.errors():
             key = _loc(tuple(err["loc"]), kinds)
             msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-            lines.append(f"{source}: {key}: {msg}")
+            found.append((key, msg))
+        # of a union's alternatives, report the one that got deepest into the value
+        keys = {k for k, _ in found}
+        lines = [
+            f"{source}: {k}: {m}"
+            for k, m in dict.fromkeys(found)
+            if not any(o.startswith(k + ".") or o.startswith(k + "[") for o in keys)
+        ]
         raise ConfigError("; ".join(lines)) from None
 
 
-def load_config(config: str | os.PathLike[str] | dict[str, Any]) -> tuple[PreprocessConfig, Path, str]:
+def load_config(
+    config: str | os.PathLike[str] | dict[str, Any],
+) -> tuple[PreprocessConfig, Path, str]:
     """Return (validated config, base dir for relative files, source label for messages)."""
     if isinstance(config, dict):
         return parse_config(config, "<config dict>"), Path.cwd(), "<config dict>"

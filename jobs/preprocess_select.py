@@ -22,7 +22,9 @@ ELECTRON_MASS = 0.00051099895
 class KindSpec:
     branches: dict[str, str]  # logical name -> default branch
     columns: tuple[str, ...]  # row columns the selection produces
-    optional: frozenset[str] = field(default_factory=frozenset)  # logical names that may be unmapped
+    optional: frozenset[str] = field(
+        default_factory=frozenset
+    )  # logical names that may be unmapped
 
 
 _LEP = ("pt", "eta", "phi", "iso", "charge")
@@ -53,7 +55,9 @@ KINDS: dict[str, KindSpec] = {
     ),
     "jets": KindSpec(
         branches={
-            **{f"{s}_{v}": f"{s}_{v}" for s in ("truth", "reco") for v in ("pt", "eta", "phi", "m")},
+            **{
+                f"{s}_{v}": f"{s}_{v}" for s in ("truth", "reco") for v in ("pt", "eta", "phi", "m")
+            },
             "reco_ok": "reco_ok",
         },
         columns=(
@@ -212,7 +216,7 @@ def _hzz_muon_match(
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     import awkward as ak
 
-    px, py, pz = a["muon_px"], a["muon_py"], a["muon_pz"]
+    px = a["muon_px"]
     counts = np.asarray(ak.to_numpy(ak.num(px)), dtype=np.int64)
     entry = np.repeat(np.arange(n, dtype=np.int64), counts)
 

@@ -445,7 +445,7 @@ def _gen_zll(rng: np.random.Generator, n: int, cfg: ZllConfig) -> ArrayDict:
     lo, hi = cfg.mass_range
     # truth Z/gamma*: relativistic Breit-Wigner over a falling continuum
     u = rng.random(n)
-    bw = _from_table(_inverse_cdf_table("bw", lo, hi, (91.21, GAMMA_Z)), u)
+    bw = _from_table(_inverse_cdf_table("bw", lo, hi, (M_Z, GAMMA_Z)), u)
     continuum = _power_law(u, lo, hi, cfg.continuum_power)
     mass = np.where(rng.random(n) < cfg.continuum_fraction, continuum, bw)
     z_pt = _z_pt(rng, n, cfg)
@@ -992,9 +992,11 @@ __all__ = [
 
 
 def _main() -> None:  # pragma: no cover - convenience for `python -m jobs.simulate`
+    import sys
+
     from scan.cli import main
 
-    main(["simulate", *__import__("sys").argv[1:]])
+    main(["simulate", *sys.argv[1:]])
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -286,9 +286,7 @@ def prepare(config: TrainConfig) -> Prepared:
                 f"(from its {what}); drop the key or preprocess with matching {what}"
             )
     field_names = {f.name for f in dataclasses.fields(family.config_cls)}
-    params = {
-        k: v for k, v in config.model.items() if k in field_names or k not in MODEL_DIM_KEYS
-    }
+    params = {k: v for k, v in config.model.items() if k in field_names or k not in MODEL_DIM_KEYS}
     unknown = sorted(set(params) - field_names)
     if unknown:
         raise ConfigError(
@@ -632,12 +630,14 @@ class TrainSession:
         self.model.train()
         b, single = self.local_batch, self.world_size == 1
         sums: dict[str, float] = {}
+        counts: dict[str, int] = {}  # a key may be absent on some steps (GAN generator)
         step = self.comm.step
         for k in range(self.steps_per_epoch):
             batch = {"x": x_ep[k * b : (k + 1) * b], "y": y_ep[k * b : (k + 1) * b]}
             stats = self.model.training_step(batch, self.optimizers, step)  # type: ignore[operator]
             for key, v in stats.items():
                 sums[key] = sums.get(key, 0.0) + float(v)
+                counts[key] = counts.get(key, 0) + 1
             if single and not all(math.isfinite(float(v)) for v in stats.values()):
                 raise TrainingDiverged(
                     f"non-finite training loss at epoch {self.epoch + 1}, step {k + 1}: {stats} "
@@ -647,7 +647,7 @@ class TrainSession:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         train_time = time.perf_counter() - t0
-        local = {f"train_{k}": v / self.steps_per_epoch for k, v in sums.items()}
+        local = {f"train_{k}": v / counts[k] for k, v in sums.items()}
         local["_train_time_s"] = train_time
         avg = self.comm.allreduce_mean(local) if not single else local
         bad = {k: v for k, v in avg.items() if not math.isfinite(v)}
@@ -772,7 +772,15 @@ def _loop(session: TrainSession, reporter: Reporter | None) -> TrainResult:
     return session.result()
 
 
+def _share_cores(workers: int) -> None:
+    """N ranks on one machine each use 1/N of the cores unless OMP_NUM_THREADS says otherwise;
+    torch's default (all cores per rank) oversubscribes and slows every collective."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, workers)))
+
+
 def _horovod_worker(config: TrainConfig) -> tuple[str, Any]:
+    _share_cores(int(os.environ.get("HOROVOD_LOCAL_SIZE", config.workers)))
     session = TrainSession(config, comm=make_comm("horovod"))
     try:
         result = _loop(session, None)
@@ -789,6 +797,7 @@ def _ddp_worker(rank: int, config: TrainConfig, port: int, queue: Any) -> None:
         WORLD_SIZE=str(config.workers),
         LOCAL_RANK=str(rank),
     )
+    _share_cores(config.workers)
     session = TrainSession(config, rank=rank, world_size=config.workers)
 
     class _QueueReporter:

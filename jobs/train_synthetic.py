@@ -109,7 +109,7 @@ def _write(
                 "edges": [float(e) for e in edges],
                 "n_bins": len(edges) - 1,
             },
-            "generative": {"truth": ["truth_m"], "reco": ["reco_m"]},
+            "generative": {"condition": ["truth_m"], "target": ["reco_m"]},
         }
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1))
         if dest.exists():

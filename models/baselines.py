@@ -207,8 +207,8 @@ def lcurve(
     eta = np.empty(len(grid))
     for k, tau in enumerate(grid):
         x = unfold_tikhonov(a, y, float(tau), errors=errors, bias=x0)
-        rho[k] = np.log(max(np.linalg.norm(w * (a @ x - y)), 1e-300))
-        eta[k] = np.log(max(np.linalg.norm(lm @ (x - x0)), 1e-300))
+        rho[k] = np.log(max(float(np.linalg.norm(w * (a @ x - y))), 1e-300))
+        eta[k] = np.log(max(float(np.linalg.norm(lm @ (x - x0))), 1e-300))
     t = np.log(grid)
     d_rho, d_eta = np.gradient(rho, t), np.gradient(eta, t)
     dd_rho, dd_eta = np.gradient(d_rho, t), np.gradient(d_eta, t)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -93,7 +94,7 @@ def data_spec(manifest: Mapping[str, Any]) -> DataSpec:
                 f"{n_classes + 1} edges"
             )
         ef = tuple(float(v) for v in e)
-        if any(b <= a for a, b in zip(ef, ef[1:])) or not all(math.isfinite(v) for v in ef):
+        if any(b <= a for a, b in pairwise(ef)) or not all(math.isfinite(v) for v in ef):
             raise ConfigError(
                 f"manifest.json: 'resolution.quantities.{q}.edges' must be strictly increasing"
             )

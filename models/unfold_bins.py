@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -80,7 +81,7 @@ def unfold_edges(manifest: Mapping[str, Any], family: str) -> tuple[float, ...]:
             f"manifest.json: 'unfold.edges' must list at least 3 edges (2 bins) for {family!r}"
         )
     e = tuple(float(v) for v in edges)
-    if any(b <= a for a, b in zip(e, e[1:])) or not all(math.isfinite(v) for v in e):
+    if any(b <= a for a, b in pairwise(e)) or not all(math.isfinite(v) for v in e):
         raise ConfigError("manifest.json: 'unfold.edges' must be finite and strictly increasing")
     return e
 

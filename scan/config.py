@@ -418,6 +418,14 @@ def check_space(cfg: ScanConfig, where: str = "scan config") -> None:
                     f"{where}: search_space.{name}.when: conditional parameters need a "
                     "sampling searcher (tpe, random, cmaes), not grid"
                 )
+    if cfg.searcher == "grid":
+        from scan.space import grid_size
+
+        n = grid_size(space)
+        if cfg.num_trials > n:
+            raise ConfigError(
+                f"{where}: num_trials: {cfg.num_trials} exceeds the {n} points of the grid"
+            )
     if cfg.searcher == "cmaes" and any(p.when for p in space.values()):
         raise ConfigError(
             f"{where}: searcher: 'cmaes' cannot sample conditional parameters "

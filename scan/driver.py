@@ -125,6 +125,9 @@ def _make_callback(cfg: ScanConfig, scan_dir: Path, tracking_uri: str | None) ->
             tags = {"mlflow.runName": f"trial-{trial.trial_id}", "hepscan.trial_name": str(trial)}
             self.tracker.start_trial(trial.trial_id, trial_params(trial.config), tags)
 
+        def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+            _forward_interrupt()
+
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self._start(trial)
 
@@ -172,18 +175,20 @@ def _make_callback(cfg: ScanConfig, scan_dir: Path, tracking_uri: str | None) ->
         def on_trial_complete(
             self, iteration: int, trials: list, trial: Any, **info: Any
         ) -> None:
+            from scan.trainable import FINISHED_KEY
             from tracking.runs import TrialStatus
 
             last = dict(trial.last_result or {})
             epochs = int(last.get("training_iteration", 0))
-            finished = bool(last.get("done")) or epochs >= self.max_epochs
+            finished = bool(last.get(FINISHED_KEY)) or epochs >= self.max_epochs
             self._artifacts(trial)
-            final = {k: v for k, v in _numeric(last).items()}
+            # Final metrics were logged with the last epoch (incl. best_<objective>); logging them
+            # again would duplicate that step in the metric history.
             if finished:
-                self.tracker.end_trial(trial.trial_id, TrialStatus.FINISHED, final)
+                self.tracker.end_trial(trial.trial_id, TrialStatus.FINISHED)
             else:
                 reason = "asha" if self.scheduler == "asha" else "stopped"
-                self.tracker.end_trial(trial.trial_id, TrialStatus.KILLED, final, reason=reason)
+                self.tracker.end_trial(trial.trial_id, TrialStatus.KILLED, reason=reason)
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             from tracking.runs import TrialStatus
@@ -238,10 +243,11 @@ def _static(cfg: ScanConfig) -> dict[str, Any]:
         "seed": cfg.seed,
         "monitor": monitor,
         "mode": mode,
+        "objectives": [[o.metric, o.mode] for o in cfg.objective_list],
     }
 
 
-def _init_ray(address: str | None, scan_dir: Path) -> bool:
+def _init_ray(address: str | None, scan_dir: Path, verbose: int = 1) -> bool:
     """Start or join Ray; True if this call started it (and should shut it down)."""
     import ray
 
@@ -253,7 +259,9 @@ def _init_ray(address: str | None, scan_dir: Path) -> bool:
     if root not in parts:
         os.environ["PYTHONPATH"] = os.pathsep.join([root, *parts])
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+    # Worker output (per-checkpoint INFO lines) only at verbose >= 2; trial errors reach the
+    # driver through Tune either way.
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": verbose >= 2}
     if address is None:
         cpus = os.environ.get("HEPSCAN_RAY_CPUS")
         if cpus:
@@ -330,7 +338,7 @@ def _tuner(cfg: ScanConfig, scan_dir: Path, tracking_uri: str | None, verbose: i
     from ray.tune.search.optuna import OptunaSearch
 
     from scan.space import DefineByRun, make_sampler
-    from scan.trainable import STATIC_KEY
+    from scan.trainable import STATIC_KEY, trial_dirname
 
     multi = cfg.multi_objective
     searcher = OptunaSearch(
@@ -358,6 +366,8 @@ def _tuner(cfg: ScanConfig, scan_dir: Path, tracking_uri: str | None, verbose: i
         max_concurrent_trials=cfg.concurrency,
         reuse_actors=True,
         time_budget_s=cfg.time_budget_s,
+        trial_name_creator=trial_dirname,
+        trial_dirname_creator=trial_dirname,
     )
     run_config = tune.RunConfig(
         name=TUNE_DIR,
@@ -365,7 +375,7 @@ def _tuner(cfg: ScanConfig, scan_dir: Path, tracking_uri: str | None, verbose: i
         callbacks=[_make_callback(cfg, scan_dir, tracking_uri)],
         failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
         checkpoint_config=tune.CheckpointConfig(
-            num_to_keep=1, checkpoint_frequency=1, checkpoint_at_end=True
+            num_to_keep=2, checkpoint_frequency=1, checkpoint_at_end=True
         ),
         stop={"training_iteration": cfg.max_epochs},
         verbose=verbose,
@@ -381,31 +391,49 @@ def _tuner(cfg: ScanConfig, scan_dir: Path, tracking_uri: str | None, verbose: i
 # ------------------------------------------------------------------------------ signals
 
 
+_INTERRUPT = {"requested": False, "forwarded": False}
+
+
+def _forward_interrupt() -> None:
+    """Hand a pending SIGTERM/SIGINT to Tune once its loop runs (Tune handles SIGUSR1 there:
+    stop, save the experiment state, return from fit)."""
+    if _INTERRUPT["requested"] and not _INTERRUPT["forwarded"]:
+        handler = signal.getsignal(signal.SIGUSR1)
+        if callable(handler) and handler is not _ignore:
+            _INTERRUPT["forwarded"] = True
+            signal.raise_signal(signal.SIGUSR1)
+
+
+def _ignore(signum: int, frame: Any) -> None:
+    """SIGUSR1 placeholder until Tune installs its handler (the default action would kill us)."""
+
+
 @contextmanager
 def _interruptible() -> Iterator[dict[str, bool]]:
-    """SIGTERM/SIGINT -> Tune's graceful stop (SIGUSR1 handler: stop, save state, return).
-
-    A second signal skips the graceful path (KeyboardInterrupt).
-    """
-    state = {"interrupted": False}
-    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    """SIGTERM/SIGINT -> Tune's graceful stop; a second signal raises KeyboardInterrupt."""
+    _INTERRUPT.update(requested=False, forwarded=False)
+    sigs = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+    old = {s: signal.getsignal(s) for s in sigs}
 
     def handler(signum: int, frame: Any) -> None:
-        if state["interrupted"]:
+        if _INTERRUPT["requested"]:
             raise KeyboardInterrupt
-        state["interrupted"] = True
+        _INTERRUPT["requested"] = True
         log.warning("signal %d: stopping the scan after saving its state", signum)
-        signal.raise_signal(signal.SIGUSR1)
+        _forward_interrupt()  # now if Tune's loop runs, else at its next step (callback)
 
-    # Tune installs its own SIGINT handler (graceful once, then the previous one); ours routes
-    # SIGINT and SIGTERM the same way through SIGUSR1, which Tune always handles.
+    # Tune would install its own SIGINT handler (graceful once, then the previous one); ours
+    # routes SIGINT and SIGTERM the same way, through SIGUSR1 which Tune always handles.
     prev_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    for s in old:
-        signal.signal(s, handler)
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGUSR1, _ignore)
+    state = {"interrupted": False}
     try:
         yield state
     finally:
+        state["interrupted"] = _INTERRUPT["requested"]
         for s, h in old.items():
             signal.signal(s, h)
         if prev_env is None:
@@ -505,7 +533,9 @@ def _run(
 
     from tracking.runs import TrialStatus
 
-    started_ray = _init_ray(address, scan_dir)
+    # Snapshots after every checkpoint are wanted here (resume consistency); Tune warns about them.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    started_ray = _init_ray(address, scan_dir, verbose)
     key = str(scan_dir)
     try:
         check_cluster(cfg)
@@ -530,7 +560,7 @@ def _run(
             else:
                 tuner = _tuner(cfg, scan_dir, cfg.tracking_uri, verbose)
             grid = tuner.fit()
-        if sig["interrupted"]:
+        if sig["interrupted"] or _INTERRUPT["requested"]:
             tracker.close_dangling(TrialStatus.KILLED, "interrupt")
             raise ScanInterrupted(scan_dir)
         # Trials Tune never reported as complete (e.g. a time budget ran out) are not left open.

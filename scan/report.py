@@ -59,7 +59,7 @@ class ScanResult:
         df = self.ranked()
         if df.empty:
             return "(no trials)"
-        cols = ["trial_id", "status", "epochs"]
+        cols = ["trial_id", "status", "epochs", "time_total_s"]
         cols += [f"best_{m}" for m, _ in self.objectives]
         cols += [p for p in self.param_names if p in df.columns]
         view = df[[c for c in cols if c in df.columns]].head(max_rows).copy()
@@ -99,7 +99,10 @@ def _status(trial: Any, max_epochs: int) -> str:
     if trial.status == "ERROR":
         return "FAILED"
     if trial.status == "TERMINATED":
-        done = bool(last.get("done")) or int(last.get("training_iteration", 0)) >= max_epochs
+        from scan.trainable import FINISHED_KEY
+
+        epochs = int(last.get("training_iteration", 0) or 0)
+        done = bool(last.get(FINISHED_KEY)) or epochs >= max_epochs
         return "FINISHED" if done else "KILLED"
     return str(trial.status)  # RUNNING / PENDING / PAUSED: an interrupted scan
 

@@ -159,7 +159,23 @@ class _Conditional:
 
 
 def make_sampler(cfg: ScanConfig) -> optuna.samplers.BaseSampler:
-    """The seeded Optuna sampler for ``cfg.searcher``."""
+    """The seeded Optuna sampler for ``cfg.searcher``.
+
+    Grid: after the last point Optuna's GridSampler calls ``study.stop()``, which raises outside
+    ``study.optimize``; Optuna records the trial's result before that, and Tune's OptunaSearch
+    logs the error, so the scan is unaffected (``num_trials`` is capped at the grid size).
+    """
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():
+        # Multivariate/grouped TPE are flagged experimental; using them is deliberate here.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return _make_sampler(cfg)
+
+
+def _make_sampler(cfg: ScanConfig) -> optuna.samplers.BaseSampler:
     import optuna
 
     seed = cfg.seed

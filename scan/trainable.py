@@ -35,6 +35,9 @@ from ray import tune
 STATIC_KEY = "_static"  # param_space key holding the scan's fixed settings (not a hyperparameter)
 CKPT_FILES = ("last.pt", "best.pt")
 STATE_FILE = "trainable.json"
+# Result key set on the epoch where training itself ended (epochs exhausted or early stopping);
+# Tune also sets "done" when its scheduler stops a trial, so "done" alone cannot tell them apart.
+FINISHED_KEY = "trial_finished"
 
 
 def trial_resources(workers: int, cpus_per_worker: float, gpus_per_worker: float) -> Any:
@@ -44,6 +47,11 @@ def trial_resources(workers: int, cpus_per_worker: float, gpus_per_worker: float
     if workers == 1:
         return tune.PlacementGroupFactory([worker])
     return tune.PlacementGroupFactory([{"CPU": 0}] + [dict(worker) for _ in range(workers)])
+
+
+def trial_dirname(trial: Any) -> str:
+    """Short trial directory names (Tune's default embeds the whole config)."""
+    return f"trial_{trial.trial_id}"
 
 
 def split_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -286,6 +294,7 @@ class ScanTrainable(tune.Trainable):
         self._resume: dict[str, bytes] | None = None
         self._started = False
         self._train_time_total = 0.0
+        self._best: dict[str, float] = {}
 
     def step(self) -> dict[str, Any]:
         if self._group is None:
@@ -298,6 +307,16 @@ class ScanTrainable(tune.Trainable):
         self._train_time_total += float(metrics.get("train_time_s", time.perf_counter() - t0))
         out: dict[str, Any] = dict(metrics)
         out["train_time_total_s"] = self._train_time_total
+        # Running best of each objective: the trial's final figure of merit in MLflow.
+        for metric, mode in self._static.get("objectives", []):
+            v = out.get(metric)
+            if isinstance(v, int | float) and math.isfinite(v):
+                old = self._best.get(metric)
+                better = old is None or (v < old if mode == "min" else v > old)
+                self._best[metric] = float(v) if better else old  # type: ignore[assignment]
+            if metric in self._best:
+                out[f"best_{metric}"] = self._best[metric]
+        out[FINISHED_KEY] = bool(done)
         if done:
             out["done"] = True
         return out
@@ -307,7 +326,7 @@ class ScanTrainable(tune.Trainable):
         for name, blob in files.items():
             Path(checkpoint_dir, name).write_bytes(blob)
         Path(checkpoint_dir, STATE_FILE).write_text(
-            json.dumps({"train_time_total_s": self._train_time_total})
+            json.dumps({"train_time_total_s": self._train_time_total, "best": self._best})
         )
 
     def load_checkpoint(self, checkpoint: Any) -> None:
@@ -315,7 +334,9 @@ class ScanTrainable(tune.Trainable):
         self._resume = {n: (d / n).read_bytes() for n in CKPT_FILES if (d / n).exists()}
         state = d / STATE_FILE
         if state.exists():
-            self._train_time_total = float(json.loads(state.read_text())["train_time_total_s"])
+            saved = json.loads(state.read_text())
+            self._train_time_total = float(saved["train_time_total_s"])
+            self._best = {k: float(v) for k, v in saved.get("best", {}).items()}
         self._started = False  # the next step sets the session up from these files
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:

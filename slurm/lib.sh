@@ -60,24 +60,29 @@ hs_wait_port() {
 HS_STEP_PIDS=()
 HS_SERVER_PGIDS=()
 hs_stop_all() {
-    local pid i step
-    # SIGTERM through slurmstepd reaches every process of the step, so Ray/Dask shut down
-    # cleanly; a SIGTERM to srun itself would make it SIGKILL the step.
+    local pid step i alive
+    # Steps first (Ray/Dask workers), then the servers they talk to (scheduler, mlflow).
+    # SIGTERM through slurmstepd reaches every process of a step so they shut down cleanly; a
+    # SIGTERM to srun itself would make it SIGKILL the step.
     for step in $(squeue -h -s -j "$SLURM_JOB_ID" -o %i 2>/dev/null | grep -E "^$SLURM_JOB_ID\.[0-9]+\$"); do
         scancel --signal=TERM "$step" 2>/dev/null || true
     done
-    for pid in "${HS_SERVER_PGIDS[@]}"; do
-        kill -TERM -- "-$pid" 2>/dev/null || true
-    done
     for ((i = 0; i < 60; i++)); do
-        local alive=0
+        alive=0
+        for pid in "${HS_STEP_PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [[ $alive -eq 0 ]] && break
+        sleep 0.5
+    done
+    for pid in "${HS_STEP_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${HS_SERVER_PGIDS[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+    for ((i = 0; i < 40; i++)); do
+        alive=0
         for pid in "${HS_STEP_PIDS[@]}" "${HS_SERVER_PGIDS[@]}"; do
             kill -0 "$pid" 2>/dev/null && alive=1
         done
         [[ $alive -eq 0 ]] && break
         sleep 0.5
     done
-    for pid in "${HS_STEP_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${HS_SERVER_PGIDS[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
     HS_STEP_PIDS=()
     HS_SERVER_PGIDS=()

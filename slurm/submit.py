@@ -18,9 +18,10 @@ Python::
 
 Every ``#SBATCH`` line comes from an option: nothing site-specific is in the templates.  The job's
 files live in one run directory on the shared filesystem (``--run-dir``, default
-``./hepscan-slurm/<job-name>-<timestamp>``): the rendered script, ``logs/``, ``mlflow/``,
-``ray/`` (auth token, 0600, removed at the end), ``dask/`` and, unless ``--scan-dir`` says
-otherwise, ``scan/``.  Before ``sbatch`` runs, the partition is checked with ``scontrol`` so an
+``./hepscan-slurm/<job-name>-<timestamp>``): the rendered script, ``logs/``, ``ray/`` (auth
+token, 0600, removed at the end), ``dask/`` and, unless ``--scan-dir`` says otherwise, ``scan/``
+(the scan directory, whose ``mlflow.db`` is the MLflow store unless ``--tracking-uri`` names
+another).  Before ``sbatch`` runs, the partition is checked with ``scontrol`` so an
 unknown partition or an allocation the partition can never hold fails now, not as a job that
 pends forever.
 """
@@ -69,15 +70,17 @@ class JobSpec:
     signal_seconds: int | None = None
     requeue: bool = True
     tracking_uri: str | None = None
-    # None: a server when trials on several nodes log to MLflow, the driver's sqlite otherwise
-    mlflow_server: bool | None = None
-    mlflow_backend_uri: str | None = None
+    # an `mlflow server` in the job as a live viewer of the scan's store
+    mlflow_server: bool = False
+    # its bind address; None: 127.0.0.1 on one node, the head node's address on several
+    mlflow_host: str | None = None
     python: str = field(default_factory=lambda: sys.executable)
     node_tmp: str = "/tmp"
     port_base: int = 0
     interface: str | None = None
     dask_workers_per_node: int = 0
     join_timeout: int = 180
+    head_reserved_cpus: int = 0
     command: str | None = None
     driver_args: tuple[str, ...] = ()
     sbatch_args: tuple[str, ...] = ()
@@ -99,6 +102,11 @@ class JobSpec:
                 f"--signal-seconds {self.signal_seconds} must be >= 0 and shorter than "
                 f"--time {self.time} ({limit} s)"
             )
+        if self.mlflow_server and self.tracking_uri and self.tracking_uri.startswith("http"):
+            raise ConfigError(
+                f"--mlflow-server: --tracking-uri {self.tracking_uri} is already a server; "
+                "give a database URI (sqlite:///..., postgresql://...) or drop --mlflow-server"
+            )
         if self.kind == "preprocess" and self.out is None and self.command is None:
             raise ConfigError("--out is required for --kind preprocess")
 
@@ -115,9 +123,7 @@ class JobSpec:
 
     @property
     def uses_mlflow_server(self) -> bool:
-        if self.kind != "scan" or self.tracking_uri:
-            return False
-        return self.nodes > 1 if self.mlflow_server is None else self.mlflow_server
+        return self.kind == "scan" and self.mlflow_server
 
 
 @dataclass
@@ -233,7 +239,6 @@ def render_script(spec: JobSpec, run_dir: Path | None = None) -> str:
     config, default_run_dir, scan_dir, out = _resolved(spec)
     run_dir = run_dir or default_run_dir
     python = Path(spec.python).absolute()
-    backend = spec.mlflow_backend_uri or f"sqlite:///{run_dir}/mlflow/mlflow.db"
     values: dict[str, str] = {
         "SBATCH_LINES": "\n".join(_sbatch_lines(spec, run_dir)),
         "RUN_DIR": _q(run_dir),
@@ -250,9 +255,10 @@ def render_script(spec: JobSpec, run_dir: Path | None = None) -> str:
         "INTERFACE": _q(spec.interface or ""),
         "TRACKING_URI": _q(spec.tracking_uri or ""),
         "MLFLOW_SERVER": "1" if spec.uses_mlflow_server else "0",
-        "MLFLOW_BACKEND": _q(backend),
+        "MLFLOW_HOST": _q(spec.mlflow_host or ""),
         "REQUEUE": "1" if spec.requeue else "0",
         "JOIN_TIMEOUT": str(spec.join_timeout),
+        "HEAD_RESERVED_CPUS": str(spec.head_reserved_cpus),
         "DASK_WORKERS": str(spec.dask_workers_per_node),
         "COMMAND": _q(spec.command or ""),
         "DRIVER_ARGS": " ".join(_q(a) for a in spec.driver_args),
@@ -407,18 +413,20 @@ def check_partition(spec: JobSpec) -> str:
 # ---------------------------------------------------------------------------- submit / status
 
 
-def _tracking_description(spec: JobSpec, run_dir: Path, scan_dir: Path | None) -> str:
-    if spec.kind != "scan":
-        return ""
+def tracking_store(spec: JobSpec, scan_dir: Path | None) -> str:
+    """The MLflow store the scan driver writes to (what ``mlflow ui`` should open)."""
     if spec.tracking_uri:
         return spec.tracking_uri
+    return f"sqlite:///{scan_dir}/mlflow.db" if scan_dir else ""
+
+
+def _tracking_description(spec: JobSpec, scan_dir: Path | None, run_dir: Path) -> str:
+    if spec.kind != "scan":
+        return ""
+    store = tracking_store(spec, scan_dir)
     if spec.uses_mlflow_server:
-        store = spec.mlflow_backend_uri or f"sqlite:///{run_dir}/mlflow/mlflow.db"
-        return (
-            f"mlflow server inside the job (URL written to {run_dir}/mlflow/tracking_uri); "
-            f"store {store}, artifacts {run_dir}/mlflow/artifacts"
-        )
-    return f"sqlite:///{run_dir}/mlflow/mlflow.db"
+        return f"{store} (live viewer: mlflow server, URL in {run_dir}/mlflow_server_url)"
+    return store
 
 
 def submit(spec: JobSpec, dry_run: bool = False) -> SubmitResult:
@@ -431,12 +439,12 @@ def submit(spec: JobSpec, dry_run: bool = False) -> SubmitResult:
         raise ConfigError(f"config file not found: {config}")
     script = render_script(spec, run_dir)
     log_path = run_dir / "logs" / f"{spec.name}-%j.out"
-    tracking = _tracking_description(spec, run_dir, scan_dir)
+    tracking = _tracking_description(spec, scan_dir, run_dir)
     if dry_run:
         return SubmitResult(None, script, None, run_dir, log_path, scan_dir, tracking)
 
     partition = check_partition(spec)
-    for sub in ("logs", "mlflow", "ray", "dask"):
+    for sub in ("logs", "ray", "dask"):
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
     script_path = run_dir / f"{spec.kind}.sbatch"
     tmp = script_path.with_name(f".{script_path.name}.tmp")
@@ -506,7 +514,7 @@ def slurm_group() -> None:
     "--run-dir",
     type=click.Path(path_type=Path),
     default=None,
-    help="Job files: script, logs/, mlflow/ [default: ./hepscan-slurm/NAME-TIME]",
+    help="Job files: script, logs/, ray/, dask/, scan/ [default: ./hepscan-slurm/NAME-TIME]",
 )
 @click.option(
     "--scan-dir",
@@ -535,14 +543,14 @@ def slurm_group() -> None:
 @click.option("--tracking-uri", default=None, help="Existing MLflow tracking URI to log to.")
 @click.option(
     "--mlflow-server/--no-mlflow-server",
-    default=None,
-    help="Start mlflow server in the job [default: only with more than one node].",
+    default=False,
+    help="Start `mlflow server` in the job as a live viewer of the scan's MLflow store.",
 )
 @click.option(
-    "--mlflow-backend-uri",
+    "--mlflow-host",
     default=None,
-    help="Backend store of that server, e.g. postgresql://user@db/mlflow "
-    "[default: sqlite in RUN_DIR/mlflow].",
+    help="Bind address of that server [default: 127.0.0.1 on one node, the head node's "
+    "address on several].",
 )
 @click.option(
     "--python", "python_", default=sys.executable, help="Python of the venv the job activates."
@@ -560,6 +568,12 @@ def slurm_group() -> None:
     type=int,
     default=0,
     help="Dask worker processes per node [default: one per CPU].",
+)
+@click.option(
+    "--head-reserved-cpus",
+    type=int,
+    default=0,
+    help="CPUs of the head node kept out of Ray for the driver, GCS and MLflow.",
 )
 @click.option(
     "--command",
@@ -611,8 +625,8 @@ def submit_command(
         click.echo(f"  output:   {Path(spec.out).absolute()}")
     if result.tracking:
         click.echo(f"  MLflow:   {result.tracking}")
-        if not spec.tracking_uri:
-            store = spec.mlflow_backend_uri or f"sqlite:///{result.run_dir}/mlflow/mlflow.db"
+        store = tracking_store(spec, result.scan_dir)
+        if not store.startswith("http"):
             click.echo(f"  review:   mlflow ui --backend-store-uri {store}")
     click.echo(f"  status:   hepscan slurm status {result.job_id}")
 
@@ -645,4 +659,5 @@ __all__ = [
     "status",
     "submit",
     "time_to_seconds",
+    "tracking_store",
 ]

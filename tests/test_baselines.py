@@ -5,6 +5,8 @@ Run: ``.venv/bin/python -m pytest tests/test_baselines.py -q``
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 from scipy.stats import norm
@@ -63,7 +65,7 @@ def test_ibu_truth_prior_is_exact_and_flat_prior_converges(setup: tuple[np.ndarr
         unfold_ibu(r, y, n_iterations=1, prior="truth", truth_mc=truth), truth, rtol=1e-12
     )
     errors = [np.abs(unfold_ibu(r, y, n) / truth - 1).max() for n in (1, 4, 20, 200, 1000)]
-    assert all(b < a for a, b in zip(errors, errors[1:])), errors
+    assert all(b < a for a, b in pairwise(errors)), errors
     assert errors[-1] < 2e-3
     with pytest.raises(ValueError, match="truth_mc"):
         unfold_ibu(r, y, prior="truth")

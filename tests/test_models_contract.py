@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from jobs.errors import ConfigError
 from models import REGISTRY, UnknownFamilyError, get_family, make_config
@@ -63,7 +63,7 @@ def make_batch(spec: DataSpec, n: int = BATCH, seed: int = 0) -> dict[str, Tenso
     return {"x": x, "y": y}
 
 
-def build(name: str, seed: int = 0) -> tuple[nn.Module, DataSpec]:
+def build(name: str, seed: int = 0) -> tuple[Any, DataSpec]:
     family = get_family(name)
     spec = family.data_spec(MANIFEST)
     torch.manual_seed(seed)
@@ -284,7 +284,7 @@ def test_unfold_migration_histogram(outside: str) -> None:
     assert abs(float(hist.sum()) - 45.0) < 1e-6  # every unfoldable event lands inside
     probs = model.predict_proba(x)  # type: ignore[operator]
     expected = torch.zeros(N_BINS, dtype=torch.float64)
-    for row, r in zip(probs, x[:, -1].long()):
+    for row, r in zip(probs, x[:, -1].long(), strict=True):
         if r < 0:
             continue
         for k, m in enumerate((-1, 0, 1)):

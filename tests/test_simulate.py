@@ -180,11 +180,15 @@ def test_importing_does_not_start_engines() -> None:
 
 def _arrays(paths: list[Path]) -> dict[str, Any]:
     a = read(paths)
-    return {f: ak.to_list(a[f]) if f.startswith("lep_") else a[f].to_numpy() for f in a.fields}
+    # jagged branches compared flat; nlep compares their event boundaries
+    return {
+        f: ak.flatten(a[f]).to_numpy() if f.startswith("lep_") else a[f].to_numpy()
+        for f in a.fields
+    }
 
 
 def test_same_seed_same_events_regardless_of_workers_and_chunks(tmp_path: Path) -> None:
-    events = RNG_BLOCK + 4000  # two RNG blocks in the first file
+    events = 2 * RNG_BLOCK + 8000  # two RNG blocks per file: 1 or 2 chunks below
     ref = _arrays(
         simulate(
             "zll", events, 2, 5, tmp_path / "a", workers=1, chunk_size=RNG_BLOCK, progress=False
@@ -195,10 +199,7 @@ def test_same_seed_same_events_regardless_of_workers_and_chunks(tmp_path: Path) 
     )
     assert ref.keys() == again.keys()
     for key in ref:
-        if key.startswith("lep_"):
-            assert ref[key] == again[key], key
-        else:
-            np.testing.assert_array_equal(ref[key], again[key], err_msg=key)
+        np.testing.assert_array_equal(ref[key], again[key], err_msg=key)
     other = _arrays(simulate("zll", events, 2, 6, tmp_path / "c", progress=False))
     assert not np.array_equal(ref["truth_mass"], other["truth_mass"])
     np.testing.assert_array_equal(ref["event_id"], other["event_id"])
@@ -222,9 +223,12 @@ def test_dijet_seed_and_smearing_determinism(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- zll physics
 
 
-def _rel_bw(m: np.ndarray, norm: float, mass: float, width: float, bkg: float) -> np.ndarray:
+def _rel_bw(
+    m: np.ndarray, norm: float, mass: float, width: float, b0: float, b1: float
+) -> np.ndarray:
+    """Relativistic Breit-Wigner (peak height ``norm``) over the linear Drell-Yan continuum."""
     shape = 1.0 / ((m * m - mass * mass) ** 2 + (mass * width) ** 2)
-    return norm * shape * (mass * width) ** 2 + bkg
+    return norm * shape * (mass * width) ** 2 + b0 + b1 * (m - M_Z)
 
 
 def test_breit_wigner_peak_and_width_recovered(zll: tuple[list[Path], ak.Array]) -> None:
@@ -238,17 +242,17 @@ def test_breit_wigner_peak_and_width_recovered(zll: tuple[list[Path], ak.Array])
         _rel_bw,
         centres,
         counts,
-        p0=[counts.max(), 91.0, 2.0, 10.0],
+        p0=[counts.max(), 91.0, 2.0, 10.0, 0.0],
         sigma=sigma,
         absolute_sigma=True,
     )
     err = np.sqrt(np.diag(cov))
-    # ~200k events: sigma(mZ) ~ 5 MeV, sigma(GammaZ) ~ 10 MeV
-    assert err[1] < 0.02 and err[2] < 0.04
+    # 240k events: sigma(mZ) ~ 5 MeV, sigma(GammaZ) ~ 12 MeV
+    assert err[1] < 0.01 and err[2] < 0.02
     assert abs(p[1] - M_Z) < 4 * err[1], (p[1], err[1])
     assert abs(p[2] - GAMMA_Z) < 4 * err[2], (p[2], err[2])
     chi2 = np.sum(((counts - _rel_bw(centres, *p)) / sigma) ** 2)
-    assert chi2 / (len(counts) - 4) < 1.5
+    assert chi2 / (len(counts) - 5) < 1.5
     # the continuum sits under the peak: far sidebands are populated
     assert np.sum((mass > 55) & (mass < 65)) > 0.004 * len(mass)
 
@@ -307,7 +311,7 @@ def test_muon_pt_resolution_grows_with_pt_and_is_worse_in_endcaps(
     # endcap resolution twice the barrel one at the same pT (the detector card says x2)
     ratio = el / bl
     ratio_err = ratio * np.hypot(bl_e / bl, el_e / el)
-    assert abs(ratio - MUON.endcap_res_factor) < 4 * ratio_err + 0.1
+    assert abs(ratio - 2.0) < 4 * ratio_err
     # barrel at ~32 GeV: 1 % (+) 0.01 %/GeV * pT ~ 1.05 %
     assert 0.009 < bl < 0.0115
 
@@ -433,7 +437,7 @@ def test_dijet_reco_spread_matches_option(tmp_path: Path, smearing: float | None
     paths = simulate("dijet", 50_000, 1, 3, tmp_path, smearing=smearing, progress=False)
     a = read(paths)
     rel = a.reco_mjj.to_numpy().astype(np.float64) / a.truth_mjj.to_numpy() - 1.0
-    target = smearing or DijetConfig().smearing
+    target = smearing or 0.03  # the default
     assert abs(rel.std() - target) < 4 * target / np.sqrt(2 * len(rel))
     assert abs(rel.mean()) < 4 * target / np.sqrt(len(rel))
 

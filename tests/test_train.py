@@ -115,9 +115,7 @@ def test_resume_with_other_hyperparameters_is_refused(dataset: Path, tmp_path: P
 def test_early_stopping_on_a_flat_monitor(dataset: Path, tmp_path: Path) -> None:
     # lr so small that float32 weights cannot move: val_loss never improves after epoch 1.
     rep = ListReporter()
-    res = train(
-        config(dataset, epochs=10, lr=1e-12, patience=2, checkpoint_dir=str(tmp_path)), rep
-    )
+    res = train(config(dataset, epochs=10, lr=1e-12, patience=2, checkpoint_dir=str(tmp_path)), rep)
     assert res.stopped_early and res.epochs_run == 3 and res.best_epoch == 1
     assert len(rep.calls) == 3
     assert torch.load(tmp_path / BEST, weights_only=True)["epoch"] == 1
@@ -281,7 +279,9 @@ def test_dataset_config_mismatch_fails_before_training(
     assert not (tmp_path / "ck").exists()
 
 
-def test_missing_dataset_and_config_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_dataset_and_config_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, err = run_cli(["train", str(tmp_path / "nope.yaml")], capsys)
     assert code == 2 and "nope.yaml" in err
     cfg = write_config(tmp_path / "c.yaml", dataset=str(tmp_path / "nodata"), family=FAMILY)

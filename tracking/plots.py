@@ -178,7 +178,9 @@ def plot_resolution(table: Any, variable: str = "η", title: str = "") -> Figure
             label=None if group is None else str(group),
             **kw,
         )
-        ax_rms.errorbar(x, rms[sel], xerr=xerr, yerr=None if rms_err is None else rms_err[sel], **kw)
+        ax_rms.errorbar(
+            x, rms[sel], xerr=xerr, yerr=None if rms_err is None else rms_err[sel], **kw
+        )
     ax_mean.axhline(0.0, color="black", linewidth=0.8)
     ax_mean.set_ylabel("resolution mean")
     ax_rms.set_ylabel("resolution RMS")
@@ -223,7 +225,7 @@ def plot_generated(
         bottom = fig.add_subplot(grid[2 * row + 1, col], sharex=top)
         rcol = ref[:, j][np.isfinite(ref[:, j])]
         gcol = gen[:, j][np.isfinite(gen[:, j])]
-        lo, hi = (np.quantile(rcol, [0.005, 0.995]) if rcol.size else (0.0, 1.0))
+        lo, hi = np.quantile(rcol, [0.005, 0.995]) if rcol.size else (0.0, 1.0)
         if not hi > lo:
             lo, hi = lo - 0.5, hi + 0.5
         edges = np.linspace(lo, hi, bins + 1)

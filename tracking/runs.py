@@ -35,6 +35,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -161,6 +162,15 @@ def _param_value(value: Any) -> str:
 def _tag_value(value: Any) -> str:
     text = str(value)
     return text if len(text) <= _MAX_TAG_LEN else text[: _MAX_TAG_LEN - 3] + "..."
+
+
+def _json(data: Any) -> str:
+    return json.dumps(data, default=str, indent=2, sort_keys=True)
+
+
+def _quote(value: str) -> str:
+    """A string literal for an MLflow search filter."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
@@ -352,7 +362,9 @@ class ScanTracker:
                 return runs
 
     # ---------------------------------------------------------------- writing helpers
-    def _log_params(self, run_id: str, params: Mapping[str, Any], existing: Mapping[str, str]) -> None:
+    def _log_params(
+        self, run_id: str, params: Mapping[str, Any], existing: Mapping[str, str]
+    ) -> None:
         from mlflow.entities import Param
 
         # MLflow params are immutable: on resume only keys not yet logged are written.
@@ -422,7 +434,7 @@ class ScanTracker:
             run = self._get_run(self.parent_run_id)
             if run is None:
                 found = self._search(
-                    f"tags.`{TAG_SCAN_DIR}` = '{self.scan_dir}' and tags.`{TAG_KIND}` = 'scan'"
+                    f"tags.`{TAG_SCAN_DIR}` = {_quote(str(self.scan_dir))} and tags.`{TAG_KIND}` = 'scan'"
                 )
                 run = found[0] if found else None
             space_json = json.dumps(search_space, default=str, sort_keys=True)
@@ -455,8 +467,8 @@ class ScanTracker:
             existing = run.data.params if resumed else {}
             self._log_params(run_id, {**flatten(config), "search_space": space_json}, existing)
             if not resumed:
-                _retry(self.client.log_dict, run_id, dict(config), "config.json")
-                _retry(self.client.log_dict, run_id, dict(search_space), "search_space.json")
+                _retry(self.client.log_text, run_id, _json(config), "config.json")
+                _retry(self.client.log_text, run_id, _json(search_space), "search_space.json")
             else:
                 self._close_children(TrialStatus.KILLED, "interrupt", only_running=True)
             return str(run_id)
@@ -479,13 +491,46 @@ class ScanTracker:
                 }
                 self._log_metrics(run_id, numeric, step=0)
                 self._set_tags(run_id, other)
-                _retry(
-                    self.client.log_text,
-                    run_id,
-                    json.dumps(summary, default=str, indent=2, sort_keys=True),
-                    "summary.json",
-                )
+                _retry(self.client.log_text, run_id, _json(summary), "summary.json")
             _retry(self.client.set_terminated, run_id, status.value)
+
+    def log_scan_artifacts(
+        self, paths: Iterable[str | Path], artifact_path: str | None = None
+    ) -> None:
+        """Copy files or directories (report, Optuna study, plots) into the parent run."""
+        with self._lock:
+            self._log_paths(self._require_parent(), paths, artifact_path)
+
+    def log_scan_figure(self, fig_or_png_path: Figure | str | Path, name: str) -> None:
+        """Store a Figure or PNG as ``plots/<name>.png`` of the parent run."""
+        with self._lock:
+            self._log_figure(self._require_parent(), fig_or_png_path, name)
+
+    def _log_paths(
+        self, run_id: str, paths: Iterable[str | Path], artifact_path: str | None
+    ) -> None:
+        for p in paths:
+            path = Path(p)
+            if path.is_dir():
+                sub = f"{artifact_path}/{path.name}" if artifact_path else path.name
+                _retry(self.client.log_artifacts, run_id, str(path), sub)
+            elif path.is_file():
+                _retry(self.client.log_artifact, run_id, str(path), artifact_path)
+            else:
+                raise FileNotFoundError(f"ScanTracker: artifact {path} does not exist")
+
+    def _log_figure(self, run_id: str, fig_or_png_path: Figure | str | Path, name: str) -> None:
+        stem = name[:-4] if name.endswith(".png") else name
+        with tempfile.TemporaryDirectory() as tmp:
+            dst = Path(tmp) / f"{stem}.png"
+            if isinstance(fig_or_png_path, (str, Path)):
+                src = Path(fig_or_png_path)
+                if not src.is_file():
+                    raise FileNotFoundError(f"ScanTracker: figure {src} does not exist")
+                shutil.copyfile(src, dst)
+            else:
+                fig_or_png_path.savefig(dst, format="png", dpi=100)
+            self._log_paths(run_id, [dst], "plots")
 
     def _require_parent(self) -> str:
         run_id = self.parent_run_id
@@ -500,7 +545,9 @@ class ScanTracker:
             return run
         parent = self._require_parent()
         escaped = trial_id.replace("'", "\\'")
-        found = self._search(f"tags.`{PARENT_TAG}` = '{parent}' and tags.`{TAG_TRIAL_ID}` = '{escaped}'")
+        found = self._search(
+            f"tags.`{PARENT_TAG}` = '{parent}' and tags.`{TAG_TRIAL_ID}` = '{escaped}'"
+        )
         return found[0] if found else None
 
     def _trial_run(self, trial_id: str) -> str:
@@ -546,7 +593,7 @@ class ScanTracker:
             self._save_state()
             self._log_params(run_id, params, existing)
             if not existing:
-                _retry(self.client.log_dict, run_id, flatten(params), "trial_config.json")
+                _retry(self.client.log_text, run_id, _json(params), "trial_config.json")
             return run_id
 
     def log_epoch(self, trial_id: str, step: int, metrics: Mapping[str, float]) -> None:
@@ -565,35 +612,19 @@ class ScanTracker:
     ) -> None:
         """Copy files or directories (checkpoint, config, plots) into the trial run."""
         with self._lock:
-            run_id = self._trial_run(str(trial_id))
-            for p in paths:
-                path = Path(p)
-                if path.is_dir():
-                    sub = f"{artifact_path}/{path.name}" if artifact_path else path.name
-                    _retry(self.client.log_artifacts, run_id, str(path), sub)
-                elif path.is_file():
-                    _retry(self.client.log_artifact, run_id, str(path), artifact_path)
-                else:
-                    raise FileNotFoundError(f"ScanTracker: artifact {path} does not exist")
+            self._log_paths(self._trial_run(str(trial_id)), paths, artifact_path)
 
     def log_trial_figure(
         self, trial_id: str, fig_or_png_path: Figure | str | Path, name: str
     ) -> None:
         """Store a matplotlib Figure or an existing PNG as ``plots/<name>.png`` of the trial."""
-        stem = name[:-4] if name.endswith(".png") else name
-        if isinstance(fig_or_png_path, (str, Path)):
-            src = Path(fig_or_png_path)
-            if not src.is_file():
-                raise FileNotFoundError(f"ScanTracker: figure {src} does not exist")
-            with tempfile.TemporaryDirectory() as tmp:
-                dst = Path(tmp) / f"{stem}.png"
-                dst.write_bytes(src.read_bytes())
-                self.log_trial_artifacts(trial_id, [dst], "plots")
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            dst = Path(tmp) / f"{stem}.png"
-            fig_or_png_path.savefig(dst, format="png", dpi=100)
-            self.log_trial_artifacts(trial_id, [dst], "plots")
+        with self._lock:
+            self._log_figure(self._trial_run(str(trial_id)), fig_or_png_path, name)
+
+    def set_trial_tags(self, trial_id: str, tags: Mapping[str, Any]) -> None:
+        """Extra tags on a trial run (e.g. the checkpoint directory, the Tune trial dir)."""
+        with self._lock:
+            self._set_tags(self._trial_run(str(trial_id)), tags)
 
     def end_trial(
         self,

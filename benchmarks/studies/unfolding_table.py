@@ -64,7 +64,7 @@ def run(
     print(f"{NAME}: {len(x)} events in [{LO}, {HI}) GeV from {events} simulated, {folds} folds")
 
     results: dict[str, list[common.FoldResult]] = {}
-    with common.output_dir(out) as tmp:
+    with common.torch_threads(1), common.output_dir(out) as tmp:
         for n in bins:
             edges = np.linspace(LO, HI, n + 1)
             print(f"{n} bins:")

@@ -196,7 +196,7 @@ tmpconf="$(mktemp "$H/slurm.conf.XXXXXX")"
 sed -e "s|@CTLD_HOST@|$(hostname -s)|" -e "s|@CTLD_ADDR@|$CTLD_ADDR|" \
     -e "s|@CTLD_PORT@|$CTLD_PORT|" -e "s|@SLURMD_PORT@|$SLURMD_PORT|" \
     -e "s|@HOME@|$H|g" -e "s|@PARTITION@|$PARTITION|" \
-    "$HERE/slurm.conf.in" | awk -v nodes="$NODE_LINES" '{ if ($0 == "@NODES@") print nodes; else print }' > "$tmpconf"
+    "$HERE/slurm-template.conf" | awk -v nodes="$NODE_LINES" '{ if ($0 == "@NODES@") print nodes; else print }' > "$tmpconf"
 chmod 0644 "$tmpconf"
 mv "$tmpconf" "$CONF"
 echo "$NODES" > "$H/mode"
