@@ -337,9 +337,7 @@ def check_against_registry(cfg: ScanConfig, where: str = "scan config") -> ScanC
             f"{where}: family: unknown model family {cfg.family!r} (known: {sorted(REGISTRY)})"
         )
     if cfg.search_space is None:
-        default = {
-            k: Param.model_validate(list(v)) for k, v in dict(family.search_space()).items()
-        }
+        default = {k: Param.model_validate(list(v)) for k, v in dict(family.search_space()).items()}
         cfg = cfg.model_copy(update={"search_space": default})
     allowed = model_fields(family.config_cls) | set(TRAIN_PARAMS)
     for section, names in (("search_space", cfg.space), ("fixed", cfg.fixed)):
@@ -363,8 +361,7 @@ def check_against_registry(cfg: ScanConfig, where: str = "scan config") -> ScanC
         if obj.metric in modes and modes[obj.metric] != obj.mode:
             at = f"{key}.{i}.mode" if cfg.objectives else f"{key}.mode"
             raise ConfigError(
-                f"{where}: {at}: {obj.metric!r} should be {modes[obj.metric]!r}, "
-                f"not {obj.mode!r}"
+                f"{where}: {at}: {obj.metric!r} should be {modes[obj.metric]!r}, not {obj.mode!r}"
             )
     return cfg
 

@@ -162,9 +162,9 @@ def _make_callback(cfg: ScanConfig, scan_dir: Path, tracking_uri: str | None) ->
                 return
             try:
                 self.tracker.log_trial_artifacts(trial.trial_id, [best], "checkpoint")
-                from scan.figures import trial_figures
-
                 import matplotlib.pyplot as plt
+
+                from scan.figures import trial_figures
 
                 for name, fig in trial_figures(best).items():
                     self.tracker.log_trial_figure(trial.trial_id, fig, name)
@@ -172,9 +172,7 @@ def _make_callback(cfg: ScanConfig, scan_dir: Path, tracking_uri: str | None) ->
             except Exception as exc:  # noqa: BLE001
                 log.warning("trial %s: artifacts not logged: %s", trial.trial_id, exc)
 
-        def on_trial_complete(
-            self, iteration: int, trials: list, trial: Any, **info: Any
-        ) -> None:
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             from scan.trainable import FINISHED_KEY
             from tracking.runs import TrialStatus
 
@@ -472,7 +470,9 @@ def load_saved_config(scan_dir: str | os.PathLike[str]) -> ScanConfig:
     d = Path(scan_dir)
     path = d / CONFIG_FILE
     if not path.exists():
-        raise InputError(f"{path}: not a scan directory (no {CONFIG_FILE}; start with hepscan scan)")
+        raise InputError(
+            f"{path}: not a scan directory (no {CONFIG_FILE}; start with hepscan scan)"
+        )
     return load_scan_config(json.loads(path.read_text()), check_registry=True)
 
 
@@ -575,8 +575,10 @@ def _run(
         t = _TRACKERS.get(key)
         if t is not None and t.parent_run_id is not None:
             try:
-                status = TrialStatus.KILLED if isinstance(exc, KeyboardInterrupt) else (
-                    TrialStatus.FAILED
+                status = (
+                    TrialStatus.KILLED
+                    if isinstance(exc, KeyboardInterrupt)
+                    else (TrialStatus.FAILED)
                 )
                 t.close_dangling(status, "interrupt" if status is TrialStatus.KILLED else "error")
             except Exception:  # noqa: BLE001 - keep the original error

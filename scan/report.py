@@ -269,8 +269,10 @@ def report_plots(result: ScanResult, out_dir: Path) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.scatter(np.arange(len(y)), y, c=c, s=18)
-    run = np.fmin.accumulate(np.where(np.isfinite(y), y, np.inf)) if mode == "min" else (
-        np.fmax.accumulate(np.where(np.isfinite(y), y, -np.inf))
+    run = (
+        np.fmin.accumulate(np.where(np.isfinite(y), y, np.inf))
+        if mode == "min"
+        else (np.fmax.accumulate(np.where(np.isfinite(y), y, -np.inf)))
     )
     ax.step(np.arange(len(y)), run, where="post", color="black", linewidth=1, label="best so far")
     ax.set_xlabel("trial (creation order)")

@@ -74,7 +74,11 @@ def test_family_default_space_when_omitted() -> None:
         ({"search_space": {"widht": ["int", 1, 3]}}, "search_space.widht: not a parameter"),
         ({"fixed": {"colour": 1}}, "fixed.colour: not a parameter"),
         (
-            {"search_space": {"dropout": {"type": "uniform", "low": 0, "high": 1, "when": {"x": 1}}}},
+            {
+                "search_space": {
+                    "dropout": {"type": "uniform", "low": 0, "high": 1, "when": {"x": 1}}
+                }
+            },
             "search_space.dropout.when.x: not a searched parameter",
         ),
         (
@@ -230,9 +234,7 @@ def test_nothing_starts_for_a_bad_config(tmp_path: Path) -> None:
     ds = write_unfold_dataset(tmp_path / "ds", rows=300, n_bins=4)
     scan_dir = tmp_path / "scan"
     with pytest.raises(ConfigError, match="objective.metric"):
-        launch(
-            base(dataset=str(ds), objective={"metric": "wasserstein"}), scan_dir=str(scan_dir)
-        )
+        launch(base(dataset=str(ds), objective={"metric": "wasserstein"}), scan_dir=str(scan_dir))
     with pytest.raises(ConfigError, match="family: unknown"):
         launch(base(dataset=str(ds), family="unfold_binz"), scan_dir=str(scan_dir))
     assert not ray.is_initialized()

@@ -13,8 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.studies import common, falling_spectrum, prior_dependence, resolution_jets
-from benchmarks.studies import unfolding_table
+from benchmarks.studies import (
+    common,
+    falling_spectrum,
+    prior_dependence,
+    resolution_jets,
+    unfolding_table,
+)
 from models import baselines
 
 
@@ -107,12 +112,13 @@ def test_iterative_prior_update_recovers_shifted_truth() -> None:
     post = like[x_idx] * (pi0 / pi0.sum())[None, :]
     post /= post.sum(axis=1, keepdims=True)
     truth = np.bincount(t, minlength=n_t).astype(np.float64)
-    hists = prior_dependence.iterative_prior_update(post, pi0, 30)
-    assert len(hists) == 31
+    hists = prior_dependence.iterative_prior_update(post, pi0, 5)
+    assert len(hists) == 6
     assert np.allclose([h.sum() for h in hists], len(t))
     b = [float(np.mean(np.abs(prior_dependence.bias_in_sigma(h, truth)))) for h in hists]
     assert b[0] > 3.0  # the training prior shows through
-    assert b[-1] < 0.5 * b[0]
+    # the first iterations remove most of it (later ones amplify noise, as in IBU)
+    assert b[2] < 0.5 * b[0]
     with pytest.raises(ValueError, match="does not match"):
         prior_dependence.iterative_prior_update(post[:, :-1], pi0, 1)
 
@@ -145,8 +151,21 @@ def test_prior_dependence_fast(tmp_path: Path) -> None:
 def test_resolution_jets_fast(tmp_path: Path) -> None:
     out = tmp_path / "s4"
     resolution_jets.main(
-        ["--fast", "--out", str(out), "--train-events", "8000", "--test-events", "8000",
-         "--epochs", "2", "--hidden", "32", "--depth", "2"]
+        [
+            "--fast",
+            "--out",
+            str(out),
+            "--train-events",
+            "8000",
+            "--test-events",
+            "8000",
+            "--epochs",
+            "2",
+            "--hidden",
+            "32",
+            "--depth",
+            "2",
+        ]
     )
     agree = common.read_csv(out / "table_0.csv")
     assert [r["quantity"] for r in agree] == ["pt", "eta", "phi", "m", "all"]

@@ -601,7 +601,9 @@ def unfolding_tables(
                 for c in configs
             ]
         )
-    paper.append(Table("Negative bins (clipped to 0 for the scores)", ["Method", *configs], neg_rows))
+    paper.append(
+        Table("Negative bins (clipped to 0 for the scores)", ["Method", *configs], neg_rows)
+    )
     long = Table(
         "All scores",
         ["score", "method", column_title, "mean", "std", "min", "max", "folds"],

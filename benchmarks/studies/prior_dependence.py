@@ -152,9 +152,7 @@ def run(
     train_events = train_events or (30_000 if fast else 200_000)
     test_events = test_events or (30_000 if fast else 400_000)
     iterations = 4 if fast and iterations is None else (iterations or 10)
-    retrain_iterations = (
-        (1 if fast else 3) if retrain_iterations is None else retrain_iterations
-    )
+    retrain_iterations = (1 if fast else 3) if retrain_iterations is None else retrain_iterations
     settings = common.TrainSettings(
         epochs=epochs or (4 if fast else 20), batch_size=512 if fast else 1024, seed=seed
     )
@@ -283,7 +281,11 @@ def run(
         for label, h, t in (
             ("IBU (MC prior)", tilted["ibu"], truth),
             ("reco (no unfolding)", tilted["measured"], truth),
-            ("control: ML, untilted", per_sample["control"]["reweight"][0], per_sample["control"]["truth"]),
+            (
+                "control: ML, untilted",
+                per_sample["control"]["reweight"][0],
+                per_sample["control"]["truth"],
+            ),
             (
                 f"control: ML + reweight ×{iterations}, untilted",
                 per_sample["control"]["reweight"][-1],
@@ -297,9 +299,17 @@ def run(
             ["method", "iteration", "mean |bias|/σ", "max |bias|/σ", "χ²/ndf"],
             it_rows,
         )
-        _plot_bias(edges, {"ML (training prior)": b0, f"ML + reweight ×{iterations}": bk,
-                           f"ML + retrain ×{retrain_iterations}": br, "IBU": bi,
-                           "ML, untilted control": bc}, tmp / "bias_per_bin.png")
+        _plot_bias(
+            edges,
+            {
+                "ML (training prior)": b0,
+                f"ML + reweight ×{iterations}": bk,
+                f"ML + retrain ×{retrain_iterations}": br,
+                "IBU": bi,
+                "ML, untilted control": bc,
+            },
+            tmp / "bias_per_bin.png",
+        )
         _plot_iterations(it_rows, tmp / "bias_vs_iteration.png")
         header = (
             f"# Study 3: prior dependence, zll {n_bins} bins, tilt ±{tilt:.0%} "

@@ -176,9 +176,7 @@ def run(
             [q, a["n_used"], a["within5"], a["within15"], a["max_dev"]]
             for q, a in agreement.items()
         ]
-        all_dev = np.concatenate(
-            [np.abs(a["deviation"][a["used"]]) for a in agreement.values()]
-        )
+        all_dev = np.concatenate([np.abs(a["deviation"][a["used"]]) for a in agreement.values()])
         agree_rows.append(
             [
                 "all",
