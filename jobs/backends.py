@@ -175,7 +175,10 @@ class DdpComm(Comm):
         import torch.distributed as dist
 
         if not dist.is_initialized():
-            missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+            needed = ["MASTER_ADDR", "MASTER_PORT"]
+            needed += ["RANK"] if self._want_rank is None else []
+            needed += ["WORLD_SIZE"] if self._want_size is None else []
+            missing = [k for k in needed if k not in os.environ]
             if missing:
                 raise ConfigError(
                     f"backend 'ddp': environment variables {missing} are not set "

@@ -425,10 +425,12 @@ class TrainSession:
         self,
         config: TrainConfig,
         *,
-        rank: int = 0,
-        world_size: int = 1,
+        rank: int | None = None,
+        world_size: int | None = None,
         comm: Comm | None = None,
     ) -> None:
+        """``rank``/``world_size`` are only needed for ``ddp`` without ``RANK``/``WORLD_SIZE`` in
+        the environment; Horovod takes them from ``hvd.init()``, ``single`` is rank 0 of 1."""
         self.config = config
         self.comm = comm if comm is not None else make_comm(config.backend, rank, world_size)
         self.epoch = 0  # epochs completed
@@ -748,7 +750,7 @@ def worker_session(
     key = config_key(config)
     s = _WORKER_SESSIONS.get(key)
     if s is None:
-        s = TrainSession(config, rank=rank or 0, world_size=world_size or 1)
+        s = TrainSession(config, rank=rank, world_size=world_size)
         s.setup()
         _WORKER_SESSIONS[key] = s
     return s
@@ -975,6 +977,7 @@ def train_command(
     config = train_config_from_dict({k: v for k, v in base.items() if k in _FIELD_TYPES}, source)
     if "OMPI_COMM_WORLD_RANK" in os.environ or "HOROVOD_RANK" in os.environ:
         # Already inside horovodrun: this process is one rank.
+        _share_cores(int(os.environ.get("HOROVOD_LOCAL_SIZE", "1")))
         session = TrainSession(config, comm=make_comm("horovod"))
         result = _loop(session, PrintReporter(config.monitor))
         if session.rank != 0:

@@ -123,7 +123,7 @@ def collect_result(
     d = Path(scan_dir)
     analysis = ExperimentAnalysis(str(d / TUNE_DIR))
     mapping = _tracking_mapping(d)
-    objectives = [(o.metric, o.mode) for o in cfg.objective_list]
+    objectives: list[tuple[str, str]] = [(o.metric, str(o.mode)) for o in cfg.objective_list]
     rows = []
     for trial in analysis.trials:
         hist = analysis.trial_dataframes.get(trial.trial_id, pd.DataFrame())

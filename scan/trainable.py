@@ -21,6 +21,7 @@ Checkpoints: rank 0 writes ``last.pt``/``best.pt`` into a private directory afte
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -43,10 +44,13 @@ FINISHED_KEY = "trial_finished"
 def trial_resources(workers: int, cpus_per_worker: float, gpus_per_worker: float) -> Any:
     """Placement-group request of one trial: an empty bundle for the trainable (it only
     coordinates) plus one bundle per rank; a single rank trains inside the trainable."""
-    worker = {"CPU": cpus_per_worker} | ({"GPU": gpus_per_worker} if gpus_per_worker else {})
+    worker: dict[str, float] = {"CPU": cpus_per_worker}
+    if gpus_per_worker:
+        worker["GPU"] = gpus_per_worker
     if workers == 1:
         return tune.PlacementGroupFactory([worker])
-    return tune.PlacementGroupFactory([{"CPU": 0}] + [dict(worker) for _ in range(workers)])
+    head: dict[str, float] = {"CPU": 0}
+    return tune.PlacementGroupFactory([head] + [dict(worker) for _ in range(workers)])
 
 
 def trial_dirname(trial: Any) -> str:
@@ -152,10 +156,8 @@ class RankWorker:
 
     def stop(self) -> None:
         if self.session is not None:
-            try:
+            with contextlib.suppress(Exception):  # best effort at shutdown
                 self.session.close()
-            except Exception:  # noqa: BLE001 - best effort at shutdown
-                pass
         self._drop()
 
 
@@ -219,8 +221,8 @@ class _DdpGroup:
             if pg is not None
             else None
         )
-        remote = ray.remote(RankWorker)
-        self.actors = [
+        remote: Any = ray.remote(RankWorker)
+        self.actors: list[Any] = [
             remote.options(num_cpus=cpus, num_gpus=gpus, scheduling_strategy=strategy).remote(
                 rank, workers
             )
@@ -260,10 +262,8 @@ class _DdpGroup:
     def shutdown(self) -> None:
         import ray
 
-        try:
+        with contextlib.suppress(Exception):  # the actors are killed next anyway
             ray.get([a.stop.remote() for a in self.actors], timeout=30)
-        except Exception:  # noqa: BLE001 - the actors are killed next anyway
-            pass
         for a in self.actors:
             ray.kill(a)
 

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -300,8 +301,12 @@ def test_preprocess_on_two_nodes_matches_local(cluster: str, zll: Path, tmp_path
 
 
 def _scan_config(zll: Path, tmp_path: Path, num_trials: int, max_epochs: int) -> Path:
-    """configs/demo.yaml made small; one 2-CPU trial fills a node, so two run on two nodes."""
+    """configs/demo.yaml made small; one 2-CPU trial fills a node, so two run on two nodes.
+
+    No early stopping (patience > max_epochs, no ASHA): every trial runs ``max_epochs``.
+    """
     cfg = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    cfg["fixed"] = {**cfg.get("fixed", {}), "patience": max_epochs + 1}
     cfg.update(
         name="slurm_demo", dataset=str(zll / "local"), num_trials=num_trials,
         max_epochs=max_epochs, concurrency=2, backend="single", searcher="random",
@@ -314,11 +319,15 @@ def _scan_config(zll: Path, tmp_path: Path, num_trials: int, max_epochs: int) ->
 
 
 def _runs(scan_dir: Path) -> tuple[Any, list[Any]]:
-    from mlflow.tracking import MlflowClient
+    """The scan's parent run and its child (trial) runs, read through the MLflow API."""
+    with warnings.catch_warnings():
+        # mlflow's sqlalchemy store trips a SQLAlchemy 2.1 deprecation warning (not ours)
+        warnings.filterwarnings("ignore", message=r"The ``noload`` loader strategy is deprecated")
+        from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{scan_dir / 'mlflow.db'}")
-    exps = client.search_experiments()
-    runs = [r for e in exps for r in client.search_runs([e.experiment_id], max_results=1000)]
+        client = MlflowClient(tracking_uri=f"sqlite:///{scan_dir / 'mlflow.db'}")
+        exps = client.search_experiments()
+        runs = [r for e in exps for r in client.search_runs([e.experiment_id], max_results=1000)]
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1, [r.info.run_id for r in parents]
@@ -351,7 +360,8 @@ def test_scan_on_two_nodes(
 
 
 def test_scan_requeue_resumes_without_duplicates(cluster: str, zll: Path, tmp_path: Path) -> None:
-    cfg = _scan_config(zll, tmp_path, num_trials=6, max_epochs=3)
+    # long enough trials (3 rounds of 2) that the signal lands mid-scan
+    cfg = _scan_config(zll, tmp_path, num_trials=6, max_epochs=150)
     scan_dir = tmp_path / "scan"
     spec = JobSpec(
         config=cfg, nodes=2, cpus_per_node=2, time="00:20:00", run_dir=tmp_path / "run",
@@ -359,16 +369,17 @@ def test_scan_requeue_resumes_without_duplicates(cluster: str, zll: Path, tmp_pa
     )  # fmt: skip
     result = submit(spec)
     assert result.job_id
-    # interrupt once the first trials have written to MLflow, i.e. mid-scan
+    # interrupt once the first trials have started (their MLflow runs exist), i.e. mid-scan
     deadline = time.monotonic() + 600
     while True:
-        n = 0
-        if (scan_dir / "mlflow.db").exists():
+        children: list[Any] = []
+        if (scan_dir / "tracking.json").exists():
             try:
-                n = len(_runs(scan_dir)[1])
-            except Exception:  # noqa: BLE001 - the store may be mid-creation
-                n = 0
-        if n >= 1:
+                children = _runs(scan_dir)[1]
+            except AssertionError:  # the parent run is still being created
+                children = []
+        if children:
+            assert sum(c.info.status == "FINISHED" for c in children) < 6
             break
         if time.monotonic() > deadline or status(result.job_id).state in TERMINAL:
             subprocess.run(["scancel", result.job_id], check=False)

@@ -208,12 +208,19 @@ def test_resume_reuses_runs_and_closes_dangling(tmp_path: Path, empty_store: Pat
     first.log_epoch("b", 0, {"loss": 2.0})
     first.log_epoch("b", 1, {"loss": 1.5})
     run_c = first.start_trial("c", {"lr": 0.03})
+    run_q = first.start_trial("q'1", {"lr": 0.05})
+    first.end_trial("q'1", TrialStatus.FINISHED)
     # The driver dies here (SIGKILL): parent, b and c stay RUNNING.
     client = MlflowClient(tracking_uri=first.tracking_uri)
     assert client.get_run(run_b).info.status == "RUNNING"
     mapping = json.loads((scan_dir / MAPPING_FILE).read_text())
     assert mapping["parent_run_id"] == parent
-    assert mapping["trials"] == {"a": first.trial_run_id("a"), "b": run_b, "c": run_c}
+    assert mapping["trials"] == {
+        "a": first.trial_run_id("a"),
+        "b": run_b,
+        "c": run_c,
+        "q'1": run_q,
+    }
 
     second = ScanTracker(scan_dir)
     assert second.parent_run_id == parent
@@ -237,6 +244,8 @@ def test_resume_reuses_runs_and_closes_dangling(tmp_path: Path, empty_store: Pat
     assert third.parent_run_id is None
     assert third.start_scan("resume-scan", CONFIG, SPACE) == parent
     assert third.start_trial("c", {"lr": 0.03}) == run_c
+    assert third.start_trial("q'1", {"lr": 0.05}) == run_q
+    third.end_trial("q'1", TrialStatus.FINISHED)
     third.start_trial("d", {"lr": 0.04})
     third.log_epoch("d", 0, {"loss": 3.0})
     # Interrupt (SIGTERM handler): everything still RUNNING is closed, parent included.
@@ -244,7 +253,7 @@ def test_resume_reuses_runs_and_closes_dangling(tmp_path: Path, empty_store: Pat
     assert third.close_dangling() == 0
 
     df = runs_of_scan(third.tracking_uri, parent)
-    assert sorted(df["tags.trial_id"]) == ["a", "b", "c", "d"]  # no duplicates
+    assert sorted(df["tags.trial_id"]) == ["a", "b", "c", "d", "q'1"]  # no duplicates
     assert "RUNNING" not in set(df["status"])
     assert client.get_run(parent).info.status == "KILLED"
     assert set(df.loc[df["tags.trial_id"].isin(["c", "d"]), "tags.hepscan.stopped_by"]) == {
@@ -252,7 +261,7 @@ def test_resume_reuses_runs_and_closes_dangling(tmp_path: Path, empty_store: Pat
     }
     assert [m.step for m in client.get_metric_history(run_b, "loss")] == [0, 1, 2]
     exp_runs = client.search_runs([client.get_run(parent).info.experiment_id])
-    assert len(exp_runs) == 5  # one parent + four trials, nothing else
+    assert len(exp_runs) == 6  # one parent + five trials, nothing else
 
 
 def test_unknown_trial_and_missing_scan_are_errors(tmp_path: Path, empty_store: Path) -> None:
@@ -332,3 +341,24 @@ def test_plots_write_pngs(tmp_path: Path) -> None:
         plot_generated(ref, gen[:, :2])
     with pytest.raises(KeyError, match="rms"):
         plot_resolution({"bin_lo": [0], "bin_hi": [1], "mean": [0]})
+
+
+def test_retry_waits_out_sqlite_lock() -> None:
+    from tracking import runs
+
+    calls: list[int] = []
+
+    def flaky(x: int) -> int:
+        calls.append(x)
+        if len(calls) < 3:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        return x * 2
+
+    assert runs._retry(flaky, 21) == 42
+    assert len(calls) == 3
+
+    def broken() -> None:
+        raise RuntimeError("no such table: runs")
+
+    with pytest.raises(RuntimeError, match="no such table"):
+        runs._retry(broken)

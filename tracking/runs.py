@@ -168,9 +168,14 @@ def _json(data: Any) -> str:
     return json.dumps(data, default=str, indent=2, sort_keys=True)
 
 
-def _quote(value: str) -> str:
-    """A string literal for an MLflow search filter."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+def _quote(value: str) -> str | None:
+    """A string literal for an MLflow search filter; None when the value holds both quote
+    characters (the filter syntax has no escapes), and the caller must compare in Python."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    return None
 
 
 def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
@@ -433,18 +438,22 @@ class ScanTracker:
             self._experiment_id = self._ensure_experiment()
             run = self._get_run(self.parent_run_id)
             if run is None:
-                found = self._search(
-                    f"tags.`{TAG_SCAN_DIR}` = {_quote(str(self.scan_dir))} and tags.`{TAG_KIND}` = 'scan'"
-                )
+                # Mapping file lost: find the parent through its scan-directory tag.
+                found = [
+                    r
+                    for r in self._search(f"tags.`{TAG_KIND}` = 'scan'")
+                    if r.data.tags.get(TAG_SCAN_DIR) == str(self.scan_dir)
+                ]
                 run = found[0] if found else None
             space_json = json.dumps(search_space, default=str, sort_keys=True)
+            sha = _git_sha()
             base_tags: dict[str, Any] = {
                 TAG_KIND: "scan",
                 TAG_SCAN_DIR: str(self.scan_dir),
                 "hepscan.version": _hepscan_version(),
                 "hepscan.host": socket.gethostname(),
-                "mlflow.source.git.commit": _git_sha(),
-                "hepscan.git_sha": _git_sha(),
+                "mlflow.source.git.commit": sha,
+                "hepscan.git_sha": sha,
                 "hepscan.slurm_job_id": os.environ.get("SLURM_JOB_ID"),
             }
             base_tags.update(tags or {})
@@ -544,10 +553,11 @@ class ScanTracker:
         if run is not None:
             return run
         parent = self._require_parent()
-        escaped = trial_id.replace("'", "\\'")
-        found = self._search(
-            f"tags.`{PARENT_TAG}` = '{parent}' and tags.`{TAG_TRIAL_ID}` = '{escaped}'"
-        )
+        flt = f"tags.`{PARENT_TAG}` = '{parent}'"
+        literal = _quote(trial_id)
+        if literal is not None:
+            flt += f" and tags.`{TAG_TRIAL_ID}` = {literal}"
+        found = [r for r in self._search(flt) if r.data.tags.get(TAG_TRIAL_ID) == trial_id]
         return found[0] if found else None
 
     def _trial_run(self, trial_id: str) -> str:

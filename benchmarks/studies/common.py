@@ -492,6 +492,15 @@ def output_dir(out: Path) -> Iterator[Path]:
     tmp.rename(out)
 
 
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM (what SLURM and ``kill`` send) into SystemExit so :func:`output_dir`
+    removes its temporary directory instead of leaving it behind."""
+    import signal
+    import sys
+
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def write_tables(directory: Path, stem: str, tables: Sequence[Table], header: str = "") -> str:
     """``stem.md`` (all tables) and ``stem[_i].csv`` (one per table); returns the Markdown."""
     md = (header + "\n\n" if header else "") + "\n".join(t.markdown() for t in tables)
@@ -522,38 +531,30 @@ def plot_unfolded(
     xlabel: str = "mass [GeV]",
     logy: bool = False,
 ) -> None:
-    """Truth, reco and unfolded histograms with a ratio-to-truth panel."""
+    """Truth, reco and unfolded histograms with a ratio-to-truth panel
+    (``tracking.plots.plot_unfolded``), the ratio axis fixed to ±20 % so a diverging
+    inversion does not flatten the others."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    e = np.asarray(edges, np.float64)
-    centres = 0.5 * (e[1:] + e[:-1])
-    fig, (ax, rax) = plt.subplots(
-        2, 1, sharex=True, figsize=(7, 6), gridspec_kw={"height_ratios": [3, 1]}
+    from tracking.plots import plot_unfolded as _plot
+    from tracking.plots import save_png
+
+    fig = _plot(
+        edges,
+        truth,
+        reco,
+        {f"unfolded ({k})": v for k, v in unfolded.items()},
+        title=title,
+        xlabel=xlabel,
     )
-    ax.stairs(truth, e, label="truth", color="black", linewidth=1.5)
-    ax.stairs(reco, e, label="reco", color="grey", linestyle="--")
-    markers = "os^vD"
-    for k, (name, h) in enumerate(unfolded.items()):
-        err = np.sqrt(np.clip(h, 0, None))
-        ax.errorbar(centres, h, yerr=err, fmt=markers[k % 5], ms=3, label=f"unfolded ({name})")
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r = np.where(truth > 0, h / truth, np.nan)
-            rerr = np.where(truth > 0, err / truth, np.nan)
-        rax.errorbar(centres, r, yerr=rerr, fmt=markers[k % 5], ms=3)
+    top, bottom = fig.axes[0], fig.axes[1]
     if logy:
-        ax.set_yscale("log")
-    ax.set_ylabel("events / bin")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    rax.axhline(1.0, color="black", linewidth=0.8)
-    rax.set_ylim(0.8, 1.2)
-    rax.set_ylabel("unfolded / truth")
-    rax.set_xlabel(xlabel)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+        top.set_yscale("log")
+    bottom.set_ylim(0.8, 1.2)
+    save_png(fig, path, dpi=110)
     plt.close(fig)
 
 

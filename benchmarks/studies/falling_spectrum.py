@@ -137,4 +137,5 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    common.exit_on_sigterm()
     main()
