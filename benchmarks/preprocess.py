@@ -90,10 +90,15 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/hepscan-bench"))
     ap.add_argument("--no-cold", action="store_true", help="skip the cold-cluster reference run")
+    ap.add_argument("--verbose", action="store_true", help="log the pipeline's phase timings")
     args = ap.parse_args()
+    if args.verbose:
+        logging.basicConfig(level=logging.WARNING, format="  %(message)s")
+        logging.getLogger("jobs.preprocess").setLevel(logging.INFO)
     if args.events < 2_000_000:
         print("note: the issue asks for >= 2 M events", file=sys.stderr)
 
+    import dask
     from distributed import LocalCluster
 
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -108,13 +113,15 @@ def main() -> None:
     out = args.workdir / "out"
     rates: dict[int, float] = {}
     for workers in (1, 2):
-        cluster = LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=":0",
-            silence_logs=logging.ERROR,
-        )
+        # the same worker environment preprocess() gives its own LocalCluster
+        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+            cluster = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=":0",
+                silence_logs=logging.ERROR,
+            )
         try:
             _pipeline(files, out, cluster.scheduler_address, None)  # warm-up: imports on workers
             t = _pipeline(files, out, cluster.scheduler_address, None)

@@ -110,7 +110,8 @@ class HorovodComm(Comm):
             hvd.init()
         self.rank, self.size, self.local_rank = hvd.rank(), hvd.size(), hvd.local_rank()
         if device_type == "cuda":
-            torch.cuda.set_device(self.local_rank)
+            # modulo: under Ray each worker may see only its own GPU(s)
+            torch.cuda.set_device(self.local_rank % torch.cuda.device_count())
 
     def allreduce_mean(self, values: Mapping[str, float]) -> dict[str, float]:
         keys = sorted(values)
@@ -189,7 +190,8 @@ class DdpComm(Comm):
             size = self._want_size if self._want_size is not None else int(os.environ["WORLD_SIZE"])
             backend = "nccl" if device_type == "cuda" else "gloo"
             if device_type == "cuda":
-                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
+                local = int(os.environ.get("LOCAL_RANK", rank))
+                torch.cuda.set_device(local % torch.cuda.device_count())
             dist.init_process_group(backend, init_method="env://", rank=rank, world_size=size)
             self._owns_group = True
         self.rank, self.size = dist.get_rank(), dist.get_world_size()

@@ -17,13 +17,15 @@ How it runs:
    every input file (readable ROOT file, tree, branches, no basket beyond the end of the file),
    the output location. Each failure is one :class:`~jobs.errors.HepscanError` naming the file
    and key or branch; nothing is written.
-2. Partition each file with ``uproot.dask`` (step size by memory, e.g. ``"100 MB"``). Each
-   partition is one task on a Dask cluster (a ``LocalCluster`` of single-threaded worker
-   processes, or an existing scheduler): read its branches with uproot, check NaN/inf, apply
-   the selection, compute event ids, split labels and unfolding bins. Results stay in worker
-   memory as futures. (``uproot.dask(library="ak")`` would need dask-awkward, whose releases pin
-   an older dask than distributed needs, so the tasks read the partitions with uproot
-   themselves; the partition boundaries are uproot.dask's.)
+2. Partition each file by memory (``step_size``, e.g. ``"100 MB"`` of the branches read), with
+   the same entry ranges ``uproot.dask(step_size=...)`` makes (``TTree.num_entries_for``; a
+   test checks they agree). Each partition is one task on a Dask cluster (a ``LocalCluster`` of
+   single-threaded worker processes, or an existing scheduler): read its branches with uproot,
+   check NaN/inf, apply the selection on numpy arrays, compute event ids, split labels and
+   unfolding bins. Results stay in worker memory as futures. The tasks call uproot themselves
+   instead of going through a ``uproot.dask`` collection: ``library="ak"`` needs dask-awkward,
+   whose releases pin an older dask than distributed here, and ``library="np"`` turns jagged
+   branches into object arrays and costs seconds of graph building per call.
 3. Gather small per-partition statistics in partition order (so they do not depend on
    scheduling): feature mean/std on the train split only, (reco - truth) quantiles of the train
    split for the resolution classes, row counts per split.
@@ -47,6 +49,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -58,11 +61,15 @@ import numpy as np
 from jobs.errors import ConfigError, HepscanError, InputError, OutputError
 from jobs.manifest import MANIFEST_NAME, MANIFEST_VERSION, SPLITS
 from jobs.preprocess_config import PreprocessConfig, load_config, step_size_bytes
-from jobs.preprocess_select import KINDS, select
+from jobs.preprocess_select import KINDS, Jagged, select
 
 __all__ = ["preprocess", "preprocess_command", "splitmix64", "split_of"]
 
-_SPLIT_CODE = {name: i for i, name in enumerate(SPLITS)}
+log = logging.getLogger(__name__)
+
+
+def _since(t0: float) -> float:
+    return time.perf_counter() - t0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,6 +137,7 @@ class InputFile:
     path: str  # what we open
     size: int
     entries: int
+    step: int  # entries per partition
 
 
 @dataclass(frozen=True)
@@ -206,10 +214,12 @@ def make_plan(cfg: PreprocessConfig, source: str) -> Plan:
         eid = tuple(cfg.event_id)
     else:
         eid = ()
+    needed = spec.needs(kind, columns)
+    mapping = {**spec.branches, **cfg.branches}
     return Plan(
         cfg=cfg,
         source=source,
-        branches={**spec.branches, **cfg.branches},
+        branches={k: v for k, v in mapping.items() if k in needed},
         eid_branches=eid,
         weight_branch=cfg.weight,
         columns=columns,
@@ -320,7 +330,11 @@ def validate_inputs(plan: Plan, files: list[tuple[str, str]]) -> tuple[list[Inpu
                     f"{display}: optional branches differ from the first input "
                     f"({sorted(set(mapping) ^ set(resolved))})"
                 )
-            needed = sorted(set(mapping.values()) | set(plan.eid_branches))
+            needed = sorted(
+                set(mapping.values())
+                | set(plan.eid_branches)
+                | ({plan.weight_branch} if plan.weight_branch else set())
+            )
             for name in needed:
                 br = tree[name]
                 nb = br.num_baskets
@@ -334,7 +348,11 @@ def validate_inputs(plan: Plan, files: list[tuple[str, str]]) -> tuple[list[Inpu
                         f"{display}: truncated file: branch {name!r} needs bytes up to {end} "
                         f"but the file has {size}"
                     )
-            out.append(InputFile(display, path, size, int(tree.num_entries)))
+            entries = int(tree.num_entries)
+            # uproot.dask's partitioning: the entries that fit the memory step for these branches
+            step = step_size_bytes(plan.cfg.step_size)
+            per_step = max(1, int(tree.num_entries_for(step, filter_name=needed))) if entries else 1
+            out.append(InputFile(display, path, size, entries, per_step))
     assert resolved is not None
     return out, replace(plan, branches=resolved)
 
@@ -369,31 +387,53 @@ class _Result:
     reco_bin: np.ndarray | None = None
 
 
-def _finite_mask(name: str, arr: Any) -> np.ndarray | None:
+def _to_numpy(arr: Any) -> np.ndarray | Jagged:
+    """uproot's awkward output as numpy, zero-copy: flat array or offsets + content."""
     import awkward as ak
 
-    layout_type = str(ak.type(arr).content)
-    if "float" not in layout_type:
+    layout = ak.to_layout(arr)
+    if isinstance(layout, ak.contents.ListOffsetArray) and isinstance(
+        layout.content, ak.contents.NumpyArray
+    ):
+        offsets = np.asarray(layout.offsets.data, dtype=np.int64)
+        content = np.asarray(layout.content.data)[offsets[0] : offsets[-1]]
+        return Jagged(offsets - offsets[0], content)
+    if isinstance(layout, ak.contents.NumpyArray):
+        return np.asarray(layout.data)
+    flat = ak.flatten(arr, axis=1)  # any other list layout
+    counts = np.asarray(ak.to_numpy(ak.num(arr, axis=1)), dtype=np.int64)
+    offsets = np.zeros(counts.size + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return Jagged(offsets, np.asarray(ak.to_numpy(flat)))
+
+
+def _bad_entries(x: np.ndarray | Jagged) -> np.ndarray | None:
+    """Entries holding NaN/inf (None for integer branches or when all are finite)."""
+    data = x.content if isinstance(x, Jagged) else x
+    if data.dtype.kind != "f":
         return None
-    if layout_type.startswith("var"):
-        return np.asarray(ak.to_numpy(ak.all(np.isfinite(arr), axis=1)), dtype=bool)
-    return np.isfinite(np.asarray(ak.to_numpy(arr)))
+    bad = ~np.isfinite(data)
+    if not bad.any():
+        return None
+    if isinstance(x, Jagged):
+        return np.unique(np.searchsorted(x.offsets, np.flatnonzero(bad), side="right") - 1)
+    return np.flatnonzero(bad)
 
 
 def _process_partition(task: _Task) -> _Result:
-    import awkward as ak
     import uproot
 
     plan, cfg, f = task.plan, task.plan.cfg, task.file
     try:
         with uproot.open(f.path) as fobj:
-            raw = fobj[cfg.tree].arrays(
+            raw_ak = fobj[cfg.tree].arrays(
                 plan.read_branches,
                 entry_start=task.start,
                 entry_stop=task.stop,
                 library="ak",
                 how=dict,
             )
+        raw = {b: _to_numpy(v) for b, v in raw_ak.items()}
     except Exception as exc:
         raise InputError(
             f"{f.display}: cannot read entries {task.start}-{task.stop} of tree "
@@ -401,30 +441,30 @@ def _process_partition(task: _Task) -> _Result:
         ) from None
     n = task.stop - task.start
     res = _Result(index=task.index, n_read=n)
-    keep = np.ones(n, dtype=bool)
+    bad = np.zeros(n, dtype=bool)
     for branch in plan.read_branches:
-        mask = _finite_mask(branch, raw[branch])
-        if mask is None or mask.all():
+        idx = _bad_entries(raw[branch])
+        if idx is None:
             continue
         if cfg.nan_policy == "error":
-            bad = task.start + int(np.flatnonzero(~mask)[0])
             raise InputError(
-                f"{f.display}: branch {branch!r} holds NaN/inf (first at entry {bad}); "
-                f"set 'nan_policy: drop' to drop such events"
+                f"{f.display}: branch {branch!r} holds NaN/inf (first at entry "
+                f"{task.start + int(idx[0])}); set 'nan_policy: drop' to drop such events"
             )
-        keep &= mask
-    entries = np.arange(task.start, task.stop, dtype=np.int64)
-    if not keep.all():
-        res.n_nan = int((~keep).sum())
-        raw = {k: v[keep] for k, v in raw.items()}
-        entries = entries[keep]
+        bad[idx] = True
     arrays = {logical: raw[branch] for logical, branch in plan.branches.items()}
-    n_kept = int(keep.sum())
-    cols, rows = select(cfg.selection, arrays, n_kept)
-    res.n_failed = n_kept - int(np.unique(rows).size)
+    cols, rows = select(cfg.selection, arrays, n, plan.columns)
+    if bad.any():
+        # the selection ran on every entry (vectorised); rows of bad entries are dropped now
+        res.n_nan = int(bad.sum())
+        good_rows = ~bad[rows]
+        cols = {k: v[good_rows] for k, v in cols.items()}
+        rows = rows[good_rows]
+    distinct = int(np.count_nonzero(np.diff(rows))) + 1 if rows.size else 0
+    res.n_failed = n - res.n_nan - distinct
 
     if plan.eid_branches:
-        ids = [np.asarray(ak.to_numpy(raw[b])).astype(np.uint64) for b in plan.eid_branches]
+        ids = [np.asarray(raw[b]).astype(np.uint64) for b in plan.eid_branches]
         eid = (
             ids[0]
             if len(ids) == 1
@@ -432,25 +472,27 @@ def _process_partition(task: _Task) -> _Result:
         )
         event_id = eid[rows]
     else:
-        event_id = splitmix64(np.uint64(task.file_key) ^ entries[rows].astype(np.uint64))
+        entries = (task.start + rows).astype(np.uint64)
+        event_id = splitmix64(np.uint64(task.file_key) ^ entries)
     weight = (
-        np.asarray(ak.to_numpy(raw[plan.weight_branch]), dtype=np.float64)[rows]
+        np.asarray(raw[plan.weight_branch], dtype=np.float64)[rows]
         if plan.weight_branch
         else np.ones(rows.size, dtype=np.float64)
     )
-    sel = np.ones(rows.size, dtype=bool)
+    sel: np.ndarray | slice = slice(None)
     if plan.edges is not None and cfg.unfold is not None:
         edges = np.asarray(plan.edges)
         rb = bin_index(cols[cfg.unfold.reco], edges)
         tb = bin_index(cols[cfg.unfold.truth], edges) if cfg.unfold.truth else None
         if cfg.unfold.outside == "drop":
-            sel = rb >= 0
+            inside = rb >= 0
             if tb is not None:
-                sel &= tb >= 0
-            res.n_outside = int((~sel).sum())
+                inside &= tb >= 0
+            res.n_outside = int((~inside).sum())
+            sel = inside
         res.reco_bin = rb[sel]
         res.truth_bin = tb[sel] if tb is not None else None
-    res.columns = {c: np.asarray(cols[c], dtype=np.float64)[sel] for c in plan.columns}
+    res.columns = {c: v[sel] for c, v in cols.items()}
     res.event_id = event_id[sel]
     res.weight = weight[sel]
     res.split = split_of(res.event_id, cfg.split.train, cfg.split.validation)
@@ -594,28 +636,12 @@ def _column_types(plan: Plan) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _partitions(files: list[InputFile], plan: Plan) -> list[tuple[InputFile, int, int]]:
-    """Entry ranges per file, as uproot.dask partitions them for the configured step size."""
-    import uproot
-
-    step = step_size_bytes(plan.cfg.step_size)
+def _partitions(files: list[InputFile]) -> list[tuple[InputFile, int, int]]:
+    """Entry ranges per file: ``step`` entries each (the last one shorter)."""
     parts: list[tuple[InputFile, int, int]] = []
     for f in files:
-        if f.entries == 0:
-            continue
-        arrays = uproot.dask(
-            {f.path: plan.cfg.tree},
-            library="np",
-            filter_name=plan.read_branches,
-            step_size=step,
-        )
-        chunks = next(iter(arrays.values())).chunks[0]
-        start = 0
-        for c in chunks:
-            parts.append((f, start, start + int(c)))
-            start += int(c)
-        if start != f.entries:  # guard against a changed file between validation and now
-            raise InputError(f"{f.display}: entry count changed while reading")
+        for start in range(0, f.entries, f.step):
+            parts.append((f, start, min(start + f.step, f.entries)))
     return parts
 
 
@@ -633,14 +659,19 @@ def _dask_client(scheduler: str | None, workers: int | None, n_parts: int) -> It
         finally:
             client.close()
         return
+    import dask
+
     n = workers or max(1, min(os.cpu_count() or 1, n_parts))
-    cluster = LocalCluster(
-        n_workers=n,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=":0",  # any free port: 8787 may be taken
-        silence_logs=logging.ERROR,
-    )
+    # distributed's default MALLOC_TRIM_THRESHOLD_ also pins glibc's mmap threshold, so every
+    # large numpy temporary becomes an mmap + page faults: measured 2x the CPU per partition
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        cluster = LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",  # any free port: 8787 may be taken
+            silence_logs=logging.ERROR,
+        )
     client = Client(cluster)
     try:
         yield client
@@ -790,49 +821,62 @@ def _run(
     from concurrent.futures import ThreadPoolExecutor
 
     cfg = plan.cfg
-    with ThreadPoolExecutor(max_workers=min(4, len(files))) as pool:
-        digests = list(pool.map(_sha256, [f.path for f in files]))
-    parts = _partitions(files, plan)
-    tasks = [
-        _Task(i, f, a, b, int(digests[files.index(f)][:16], 16), plan)
-        for i, (f, a, b) in enumerate(parts)
-    ]
-    for split in SPLITS:
-        (tmp / split).mkdir()
+    t0 = time.perf_counter()
+    pool = ThreadPoolExecutor(max_workers=min(2, len(files)))
+    try:
+        # checksums overlap the Dask work unless the event ids need them
+        digest_futures = [pool.submit(_sha256, f.path) for f in files]
+        keys = [0] * len(files)
+        if not plan.eid_branches:
+            keys = [int(d.result()[:16], 16) for d in digest_futures]
+        parts = _partitions(files)
+        index = {f.path: k for k, f in enumerate(files)}
+        tasks = [_Task(i, f, a, b, keys[index[f.path]], plan) for i, (f, a, b) in enumerate(parts)]
+        for split in SPLITS:
+            (tmp / split).mkdir()
 
-    with _dask_client(scheduler, workers, len(tasks)) as client:
-        futures = [client.submit(_process_partition, t, pure=False) for t in tasks]
-        try:
-            stats = client.gather(
-                [client.submit(_partition_stats, fu, plan, pure=False) for fu in futures]
+        with _dask_client(scheduler, workers, len(tasks)) as client:
+            log.info(
+                "preprocess: %d partitions, cluster ready after %.2f s", len(tasks), _since(t0)
             )
-            fit = _fit(plan, stats, files)
-            first: list[list[int]] = []
-            nxt = [0] * len(SPLITS)
-            for s in stats:
-                first.append(list(nxt))
-                for k, rows in enumerate(s["rows"]):
-                    nxt[k] += -(-rows // cfg.shard_rows)
-            written = client.gather(
-                [
-                    client.submit(
-                        _write_partition,
-                        fu,
-                        plan,
-                        _WriteSpec(
-                            root=str(tmp),
-                            first_shard=tuple(first[i]),
-                            mean=tuple(fit["mean"]),
-                            std=tuple(fit["std"]),
-                            res_edges=fit["res_edges"],
-                        ),
-                        pure=False,
-                    )
-                    for i, fu in enumerate(futures)
-                ]
-            )
-        finally:
-            client.cancel(futures)
+            futures = [client.submit(_process_partition, t, pure=False) for t in tasks]
+            try:
+                stats = client.gather(
+                    [client.submit(_partition_stats, fu, plan, pure=False) for fu in futures]
+                )
+                log.info("preprocess: read + select done after %.2f s", _since(t0))
+                fit = _fit(plan, stats, files)
+                first: list[list[int]] = []
+                nxt = [0] * len(SPLITS)
+                for s in stats:
+                    first.append(list(nxt))
+                    for k, rows in enumerate(s["rows"]):
+                        nxt[k] += -(-rows // cfg.shard_rows)
+                written = client.gather(
+                    [
+                        client.submit(
+                            _write_partition,
+                            fu,
+                            plan,
+                            _WriteSpec(
+                                root=str(tmp),
+                                first_shard=tuple(first[i]),
+                                mean=tuple(fit["mean"]),
+                                std=tuple(fit["std"]),
+                                res_edges=fit["res_edges"],
+                            ),
+                            pure=False,
+                        )
+                        for i, fu in enumerate(futures)
+                    ]
+                )
+            finally:
+                client.cancel(futures)
+        log.info("preprocess: shards written after %.2f s", _since(t0))
+        digests = [d.result() for d in digest_futures]
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    log.info("preprocess: checksums done after %.2f s", _since(t0))
 
     splits: dict[str, dict[str, Any]] = {s: {"rows": 0, "files": []} for s in SPLITS}
     for shard_list in written:

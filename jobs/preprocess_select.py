@@ -4,7 +4,12 @@ Every selection kind declares the logical branch names it reads (with the defaul
 the ``hepscan simulate`` schema, overridable through the config's ``branches`` mapping) and the
 row columns it produces. Row columns are float64 numpy arrays named ``truth_*`` / ``reco_*``
 (plus ``reco_ok`` where an object may be unreconstructed or unmatched); ``row_entry`` maps each
-row to its entry in the partition, which the caller turns into event ids and split labels.
+row to its entry in the partition (non-decreasing), which the caller turns into event ids and
+split labels.
+
+Selections work on plain numpy: flat branches as arrays, jagged ones as :class:`Jagged`
+(offsets + content), which is several times faster than awkward broadcasting for these
+few-objects-per-event cases and keeps the pipeline close to the raw read speed.
 """
 
 from __future__ import annotations
@@ -19,12 +24,37 @@ ELECTRON_MASS = 0.00051099895
 
 
 @dataclass(frozen=True)
+class Jagged:
+    """A jagged branch: entry ``i`` holds ``content[offsets[i]:offsets[i + 1]]``."""
+
+    offsets: np.ndarray  # int64, length n + 1, offsets[0] == 0
+    content: np.ndarray
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+@dataclass(frozen=True)
 class KindSpec:
     branches: dict[str, str]  # logical name -> default branch
     columns: tuple[str, ...]  # row columns the selection produces
-    optional: frozenset[str] = field(
-        default_factory=frozenset
-    )  # logical names that may be unmapped
+    # logical names that may be absent from a file
+    optional: frozenset[str] = field(default_factory=frozenset)
+
+    def needs(self, kind: str, columns: tuple[str, ...]) -> set[str]:
+        """Logical branches to read for ``columns`` (zll reads truth branches only on demand)."""
+        if kind != "zll_pair":
+            return set(self.branches)
+        need = {f"lep_{v}" for v in (*_LEP, "flavour")}
+        for c in columns:
+            if c == "reco_pileup":
+                need.add("pileup")
+            elif c.startswith("truth_l"):
+                need |= {"lep_truth_index", f"truth_l1_{c[9:]}", f"truth_l2_{c[9:]}"}
+            elif c.startswith("truth_"):
+                need.add(c)
+        return need
 
 
 _LEP = ("pt", "eta", "phi", "iso", "charge")
@@ -112,20 +142,13 @@ KINDS: dict[str, KindSpec] = {
 }
 
 
-def _np(x: Any, dtype: Any = np.float64) -> np.ndarray:
-    import awkward as ak
+def select(
+    sel: Any, arrays: dict[str, Any], n: int, columns: tuple[str, ...]
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Apply selection ``sel`` (a config model with ``kind``) to ``n`` entries.
 
-    return np.asarray(ak.to_numpy(x), dtype=dtype)
-
-
-def _eta(px: Any, py: Any, pz: Any) -> Any:
-    pt = np.hypot(px, py)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.arcsinh(pz / pt)
-
-
-def select(sel: Any, arrays: dict[str, Any], n: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Apply selection ``sel`` (a config model with ``kind``) to ``n`` entries."""
+    Returns at least ``columns`` (float64, one value per row) and the row -> entry map.
+    """
     fn = {
         "zll_pair": _zll_pair,
         "jets": _jets,
@@ -133,107 +156,127 @@ def select(sel: Any, arrays: dict[str, Any], n: int) -> tuple[dict[str, np.ndarr
         "hzz_muon_match": _hzz_muon_match,
         "zmumu_reco": _zmumu_reco,
     }[sel.kind]
-    return fn(sel, arrays, n)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        cols, rows = fn(sel, arrays, n, columns)
+    return {c: np.asarray(cols[c], dtype=np.float64) for c in columns}, rows
 
 
-def _zll_pair(sel: Any, a: dict[str, Any], n: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    import awkward as ak
+def _f64(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, dtype=np.float64)
 
-    pt, eta, phi = a["lep_pt"], a["lep_eta"], a["lep_phi"]
-    q, fl, iso = a["lep_charge"], a["lep_flavour"], a["lep_iso"]
-    mass = ak.where(abs(fl) == 11, ELECTRON_MASS, MUON_MASS)
+
+def _zll_pair(
+    sel: Any, a: dict[str, Any], n: int, columns: tuple[str, ...]
+) -> tuple[dict[str, Any], np.ndarray]:
+    lep: Jagged = a["lep_pt"]
+    pt_all = lep.content
+    iso_all = a["lep_iso"].content
+    ent = np.repeat(np.arange(n, dtype=np.int64), lep.counts)
+
+    # pairs only among isolated leptons above threshold: usually exactly two per event
+    good = np.flatnonzero((iso_all < sel.iso_max) & (pt_all > sel.lep_pt_min))
+    pt = _f64(pt_all[good])
+    eta, phi = _f64(a["lep_eta"].content[good]), _f64(a["lep_phi"].content[good])
+    q, fl = a["lep_charge"].content[good], a["lep_flavour"].content[good]
+    mass = np.where(np.abs(fl) == 11, ELECTRON_MASS, MUON_MASS)
     px, py, pz = pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)
     e = np.sqrt(px * px + py * py + pz * pz + mass * mass)
-    good = (iso < sel.iso_max) & (pt > sel.lep_pt_min)
+    gcount = np.bincount(ent[good], minlength=n)
+    gstart = np.zeros(n, dtype=np.int64)
+    np.cumsum(gcount[:-1], out=gstart[1:])
 
-    i, j = ak.unzip(ak.argcombinations(pt, 2))
-    ok = good[i] & good[j] & (q[i] * q[j] < 0) & (fl[i] == fl[j])
-    sx, sy, sz, se = px[i] + px[j], py[i] + py[j], pz[i] + pz[j], e[i] + e[j]
-    m = np.sqrt(np.maximum(se * se - sx * sx - sy * sy - sz * sz, 0.0))
-    dist = ak.where(ok, abs(m - sel.z_mass), np.inf)
-    best = ak.argmin(dist, axis=1, keepdims=True)
-    bdist = _np(ak.fill_none(ak.firsts(dist[best]), np.inf))
-    keep = bdist < sel.window * sel.z_mass
-    rows = np.flatnonzero(keep)
+    def pair_mass(i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, ...]:
+        sx, sy, sz, se = px[i] + px[j], py[i] + py[j], pz[i] + pz[j], e[i] + e[j]
+        return np.sqrt(np.maximum(se * se - sx * sx - sy * sy - sz * sz, 0.0)), sx, sy, sz, se
 
-    def pick(x: Any) -> np.ndarray:
-        return _np(ak.firsts(x[best][keep]))
+    # best opposite-charge same-flavour pair per event, visiting pairs in ak.combinations
+    # order ((0,1), (0,2), ..., (1,2), ...) so that ties keep the first pair
+    best_d = np.full(n, np.inf)
+    best_i = np.zeros(n, dtype=np.int64)
+    best_j = np.zeros(n, dtype=np.int64)
+    cmax = int(gcount.max()) if n else 0
+    for first in range(cmax):
+        for second in range(first + 1, cmax):
+            evs = np.flatnonzero(gcount > second)
+            i, j = gstart[evs] + first, gstart[evs] + second
+            m = pair_mass(i, j)[0]
+            d = np.where((q[i] * q[j] < 0) & (fl[i] == fl[j]), np.abs(m - sel.z_mass), np.inf)
+            better = d < best_d[evs]
+            upd = evs[better]
+            best_d[upd], best_i[upd], best_j[upd] = d[better], i[better], j[better]
+    rows = np.flatnonzero(best_d < sel.window * sel.z_mass)
+    bi, bj = best_i[rows], best_j[rows]
+    m, sx, sy, sz, se = pair_mass(bi, bj)
 
-    bi, bj = pick(i), pick(j)
-    lep_pt = ak.to_numpy(ak.flatten(pt)).astype(np.float64)
-    offsets = np.asarray(ak.to_numpy(ak.num(pt)), dtype=np.int64).cumsum() - ak.to_numpy(ak.num(pt))
-    base = offsets[rows]
-    # leading-pT lepton first
-    gi, gj = base + bi.astype(np.int64), base + bj.astype(np.int64)
-    swap = lep_pt[gj] > lep_pt[gi]
-    g1, g2 = np.where(swap, gj, gi), np.where(swap, gi, gj)
-
-    def flat(name: str) -> np.ndarray:
-        return np.asarray(ak.to_numpy(ak.flatten(a[name])), dtype=np.float64)
-
-    cols: dict[str, np.ndarray] = {
-        "reco_mass": pick(m),
-        "reco_pt": np.hypot(pick(sx), pick(sy)),
-    }
-    pe, pz_ = pick(se), pick(sz)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cols["reco_y"] = 0.5 * np.log((pe + pz_) / (pe - pz_))
-    lep = {v: flat(f"lep_{v}") for v in _LEP}
+    swap = pt[bj] > pt[bi]  # leading-pT lepton first
+    g1, g2 = np.where(swap, bj, bi), np.where(swap, bi, bj)
+    cols: dict[str, Any] = {}
+    want = set(columns)
+    cols["reco_mass"] = m
+    if "reco_pt" in want:
+        cols["reco_pt"] = np.hypot(sx, sy)
+    if "reco_y" in want:
+        cols["reco_y"] = 0.5 * np.log((se + sz) / (se - sz))
+    flat = {"pt": pt, "eta": eta, "phi": phi, "iso": iso_all[good], "charge": q}
     for v in _LEP:
-        cols[f"reco_l1_{v}"] = lep[v][g1]
-        cols[f"reco_l2_{v}"] = lep[v][g2]
-    cols["reco_flavour"] = np.abs(flat("lep_flavour")[g1])
-    cols["reco_pileup"] = (
-        _np(a["pileup"])[rows] if "pileup" in a else np.zeros(rows.size, dtype=np.float64)
-    )
+        for k, g in (("1", g1), ("2", g2)):
+            if f"reco_l{k}_{v}" in want:
+                cols[f"reco_l{k}_{v}"] = flat[v][g]
+    if "reco_flavour" in want:
+        cols["reco_flavour"] = np.abs(fl[g1])
+    if "reco_pileup" in want:
+        cols["reco_pileup"] = (
+            a["pileup"][rows] if "pileup" in a else np.zeros(rows.size, dtype=np.float64)
+        )
     for v in ("mass", "pt", "y"):
-        cols[f"truth_{v}"] = _np(a[f"truth_{v}"])[rows]
+        if f"truth_{v}" in want:
+            cols[f"truth_{v}"] = a[f"truth_{v}"][rows]
     # truth lepton 1 is the one matched to reco lepton 1 when the match is known
     t_swap = (
-        flat("lep_truth_index")[g1] == 1
+        a["lep_truth_index"].content[good[g1]] == 1
         if "lep_truth_index" in a
         else np.zeros(rows.size, dtype=bool)
     )
     for v in ("pt", "eta", "phi"):
-        t1, t2 = _np(a[f"truth_l1_{v}"])[rows], _np(a[f"truth_l2_{v}"])[rows]
-        cols[f"truth_l1_{v}"] = np.where(t_swap, t2, t1)
-        cols[f"truth_l2_{v}"] = np.where(t_swap, t1, t2)
+        if f"truth_l1_{v}" in want or f"truth_l2_{v}" in want:
+            t1, t2 = a[f"truth_l1_{v}"][rows], a[f"truth_l2_{v}"][rows]
+            cols[f"truth_l1_{v}"] = np.where(t_swap, t2, t1)
+            cols[f"truth_l2_{v}"] = np.where(t_swap, t1, t2)
     return cols, rows
 
 
-def _jets(sel: Any, a: dict[str, Any], n: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    cols = {k: _np(a[k]) for k in KINDS["jets"].columns}
-    rows = np.flatnonzero(cols["truth_pt"] >= sel.truth_pt_min)
-    return {k: v[rows] for k, v in cols.items()}, rows
+def _jets(
+    sel: Any, a: dict[str, Any], n: int, columns: tuple[str, ...]
+) -> tuple[dict[str, Any], np.ndarray]:
+    rows = np.flatnonzero(a["truth_pt"] >= sel.truth_pt_min)
+    return {k: a[k][rows] for k in columns}, rows
 
 
-def _dijet(sel: Any, a: dict[str, Any], n: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    return {k: _np(a[k]) for k in ("truth_mjj", "reco_mjj")}, np.arange(n, dtype=np.int64)
+def _dijet(
+    sel: Any, a: dict[str, Any], n: int, columns: tuple[str, ...]
+) -> tuple[dict[str, Any], np.ndarray]:
+    return {k: a[k] for k in columns}, np.arange(n, dtype=np.int64)
+
+
+def _eta(px: np.ndarray, py: np.ndarray, pz: np.ndarray) -> np.ndarray:
+    return np.arcsinh(pz / np.hypot(px, py))
 
 
 def _hzz_muon_match(
-    sel: Any, a: dict[str, Any], n: int
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    import awkward as ak
-
-    px = a["muon_px"]
-    counts = np.asarray(ak.to_numpy(ak.num(px)), dtype=np.int64)
-    entry = np.repeat(np.arange(n, dtype=np.int64), counts)
-
-    def flat(name: str) -> np.ndarray:
-        return np.asarray(ak.to_numpy(ak.flatten(a[name])), dtype=np.float64)
-
-    mpx, mpy, mpz = flat("muon_px"), flat("muon_py"), flat("muon_pz")
+    sel: Any, a: dict[str, Any], n: int, columns: tuple[str, ...]
+) -> tuple[dict[str, Any], np.ndarray]:
+    muons: Jagged = a["muon_px"]
+    entry = np.repeat(np.arange(n, dtype=np.int64), muons.counts)
+    mpx, mpy, mpz = (_f64(a[f"muon_{c}"].content) for c in ("px", "py", "pz"))
     pt = np.hypot(mpx, mpy)
     eta = _eta(mpx, mpy, mpz)
     phi = np.arctan2(mpy, mpx)
-    tpx, tpy, tpz = (_np(a[f"truth_{c}"])[entry] for c in ("px", "py", "pz"))
+    tpx, tpy, tpz = (_f64(a[f"truth_{c}"])[entry] for c in ("px", "py", "pz"))
     tpt = np.hypot(tpx, tpy)
     # an empty truth record (pT 0, or a pdgId that is not a lepton) never matches
     valid = tpt > 0
     if "truth_pdgid" in a:
-        pdg = np.abs(_np(a["truth_pdgid"], np.int64))[entry]
-        valid &= np.isin(pdg, (11, 13, 15))
+        valid &= np.isin(np.abs(a["truth_pdgid"].astype(np.int64))[entry], (11, 13, 15))
     teta = np.where(valid, _eta(tpx, tpy, tpz), 0.0)
     tphi = np.where(valid, np.arctan2(tpy, tpx), 0.0)
     dphi = (phi - tphi + np.pi) % (2 * np.pi) - np.pi
@@ -244,27 +287,29 @@ def _hzz_muon_match(
         "reco_pt": pt,
         "reco_eta": eta,
         "reco_phi": phi,
-        "reco_e": flat("muon_e"),
-        "reco_iso": flat("muon_iso"),
-        "reco_charge": flat("muon_charge"),
+        "reco_e": a["muon_e"].content,
+        "reco_iso": a["muon_iso"].content,
+        "reco_charge": a["muon_charge"].content,
         "reco_dr": np.where(np.isfinite(dr), dr, -1.0),
         "truth_pt": np.where(ok, tpt, 0.0),
         "truth_eta": np.where(ok, teta, 0.0),
         "truth_phi": np.where(ok, tphi, 0.0),
-        "reco_ok": ok.astype(np.float64),
+        "reco_ok": ok,
     }
-    return {k: v[keep] for k, v in cols.items()}, entry[keep]
+    return {k: cols[k][keep] for k in columns}, entry[keep]
 
 
-def _zmumu_reco(sel: Any, a: dict[str, Any], n: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    cols = {"reco_mass": _np(a["mass"])}
+def _zmumu_reco(
+    sel: Any, a: dict[str, Any], n: int, columns: tuple[str, ...]
+) -> tuple[dict[str, Any], np.ndarray]:
+    cols = {"reco_mass": a["mass"]}
     for i in (1, 2):
         for v in ("pt", "eta", "phi", "charge"):
-            cols[f"reco_l{i}_{v}"] = _np(a[f"l{i}_{v}"])
+            cols[f"reco_l{i}_{v}"] = a[f"l{i}_{v}"]
     keep = np.ones(n, dtype=bool)
     if sel.opposite_charge:
         keep &= cols["reco_l1_charge"] * cols["reco_l2_charge"] < 0
     if sel.window is not None:
         keep &= np.abs(cols["reco_mass"] - sel.z_mass) < sel.window * sel.z_mass
     rows = np.flatnonzero(keep)
-    return {k: v[rows] for k, v in cols.items()}, rows
+    return {k: cols[k][rows] for k in columns}, rows

@@ -462,7 +462,7 @@ def _default_scan_dir(cfg: ScanConfig) -> Path:
 def _save_config(cfg: ScanConfig, scan_dir: Path) -> None:
     scan_dir.mkdir(parents=True, exist_ok=True)
     tmp = scan_dir / f".{CONFIG_FILE}.tmp"
-    tmp.write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+    tmp.write_text(json.dumps(cfg.to_dict(), indent=2))
     os.replace(tmp, scan_dir / CONFIG_FILE)
 
 

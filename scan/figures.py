@@ -81,7 +81,7 @@ def trial_figures(checkpoint: str | Path) -> dict[str, Any]:
             hist("reco_bin"),
             {"NN": unfolded},
             title=title,
-            xlabel=str((prep.manifest.unfold or {}).get("variable", "observable")),
+            xlabel=str((prep.manifest.unfold or {}).get("quantity") or "observable"),
         )
     elif hasattr(model, "sample"):
         data = _validation(prep, cfg.max_rows, [])

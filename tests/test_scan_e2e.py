@@ -139,8 +139,11 @@ def test_failing_trial_is_failed_and_scan_continues(
     from scan import launch
 
     # dropout 1.5 is rejected when the trial builds its model; the grid holds both points.
+    # Two DDP ranks per trial: the error is raised on every rank and reaches Tune from rank 0.
     cfg = scan_cfg(
         dataset,
+        resources={"workers": 2, "cpus_per_worker": 1},
+        backend="ddp",
         searcher="grid",
         search_space={"dropout": ["choice", [0.1, 1.5]]},
         scheduler="none",

@@ -102,6 +102,7 @@ def test_ddp_two_ranks_match_one_process(
     assert rep.epochs == [1, 2, 3]  # streamed from rank 0 while training
 
 
+@pytest.mark.slow
 def test_resume_single_run_on_two_ddp_ranks(
     base: TrainConfig, single: TrainResult, tmp_path: Path
 ) -> None:
@@ -114,6 +115,7 @@ def test_resume_single_run_on_two_ddp_ranks(
     assert_equivalent(single, resumed)
 
 
+@pytest.mark.slow
 def test_ddp_nan_fails_on_every_rank(base: TrainConfig) -> None:
     cfg: Any = dataclasses.replace(base, workers=2, backend="ddp", lr=1e30, epochs=4)
     with pytest.raises(TrainingDiverged, match="non-finite"):
