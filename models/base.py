@@ -246,6 +246,14 @@ def model_device(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def model_dtype(module: nn.Module) -> torch.dtype:
+    """Floating dtype of the parameters, so float64 training (TrainConfig.dtype) casts inputs alike."""
+    for p in module.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
 def chunked(fn: Callable[[Tensor], Tensor], x: Tensor, chunk: int = 65536) -> Tensor:
     """``fn`` over row chunks of ``x``, concatenated (bounded memory for big validation sets)."""
     if len(x) <= chunk:

@@ -27,6 +27,7 @@ from models.base import (
     chunked,
     eval_mode,
     model_device,
+    model_dtype,
 )
 from models.gan import generative_data_spec
 
@@ -112,7 +113,7 @@ class FlowNet(StandardisationBuffers):
     @torch.no_grad()
     def sample_standardised(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         dev = model_device(self)
-        x = x.to(dev, torch.float32)
+        x = x.to(dev, model_dtype(self))
         z = torch.randn(len(x), self.n_targets, generator=generator, device=dev)
         with eval_mode(self):
             return self.flow(x).transform.inv(z)  # type: ignore[no-any-return]
@@ -120,7 +121,7 @@ class FlowNet(StandardisationBuffers):
     @torch.no_grad()
     def sample(self, condition: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """One reco sample per truth row, physical units in and out."""
-        x = self.standardise_x(condition.to(model_device(self), torch.float32))
+        x = self.standardise_x(condition.to(model_device(self), model_dtype(self)))
         return self.unstandardise_y(self.sample_standardised(x, generator))
 
     @torch.no_grad()
@@ -128,8 +129,8 @@ class FlowNet(StandardisationBuffers):
         from models.metrics import generative_scores
 
         dev = model_device(self)
-        x = data["x"].to(dev, torch.float32)
-        real = data["y"].to(dev, torch.float32).reshape(len(x), -1)
+        x = data["x"].to(dev, model_dtype(self))
+        real = data["y"].to(dev, model_dtype(self)).reshape(len(x), -1)
         nx = x.shape[1]
         with eval_mode(self):
             logp = chunked(lambda c: self.log_prob(c[:, nx:], c[:, :nx]), torch.cat([x, real], 1))

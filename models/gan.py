@@ -35,6 +35,7 @@ from models.base import (
     manifest_section,
     mlp,
     model_device,
+    model_dtype,
 )
 
 __all__ = ["FAMILY", "GANConfig", "GANNet", "generative_data_spec"]
@@ -181,13 +182,13 @@ class GANNet(StandardisationBuffers):
     @torch.no_grad()
     def sample_standardised(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         with eval_mode(self):
-            x = x.to(model_device(self), torch.float32)
+            x = x.to(model_device(self), model_dtype(self))
             return self(x, self.noise(len(x), generator))
 
     @torch.no_grad()
     def sample(self, condition: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """One reco sample per truth row, physical units in and out."""
-        x = self.standardise_x(condition.to(model_device(self), torch.float32))
+        x = self.standardise_x(condition.to(model_device(self), model_dtype(self)))
         return self.unstandardise_y(self.sample_standardised(x, generator))
 
     @torch.no_grad()
@@ -197,8 +198,8 @@ class GANNet(StandardisationBuffers):
         from models.metrics import generative_scores
 
         dev = model_device(self)
-        x = data["x"].to(dev, torch.float32)
-        real = data["y"].to(dev, torch.float32).reshape(len(x), -1)
+        x = data["x"].to(dev, model_dtype(self))
+        real = data["y"].to(dev, model_dtype(self)).reshape(len(x), -1)
         gen = torch.Generator(device=dev).manual_seed(EVAL_SEED)
         fake = self.sample_standardised(x, gen)
         with eval_mode(self):

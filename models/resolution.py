@@ -47,6 +47,7 @@ from models.base import (
     eval_mode,
     manifest_section,
     model_device,
+    model_dtype,
 )
 from models.metrics import ks_samples
 
@@ -200,7 +201,7 @@ class ResolutionNet(StandardisationBuffers):
         Returns ``(reco, reconstructed)``: reco (B, H) float32 with NaN rows where the object
         is not reconstructed, and the boolean mask (B,)."""
         dev = model_device(self)
-        truth = truth.to(dev, torch.float32)
+        truth = truth.to(dev, model_dtype(self))
         with eval_mode(self):
             probs = F.softmax(chunked(self, self.standardise_x(truth)), dim=-1)
         classes, reconstructed, jitter = self._sample_classes(probs, generator)
@@ -220,7 +221,7 @@ class ResolutionNet(StandardisationBuffers):
         from models.metrics import wasserstein_per_feature
 
         dev = model_device(self)
-        x = data["x"].to(dev, torch.float32)
+        x = data["x"].to(dev, model_dtype(self))
         y = data["y"].to(dev).long().reshape(len(x), -1)
         with eval_mode(self):
             logits = chunked(self, x)

@@ -39,6 +39,7 @@ from models.base import (
     manifest_section,
     mlp,
     model_device,
+    model_dtype,
 )
 from models.metrics import unfolding_scores
 
@@ -127,7 +128,7 @@ class UnfoldBinsNet(nn.Module):
     @torch.no_grad()
     def predict_proba(self, x: Tensor) -> Tensor:
         with eval_mode(self):
-            x = x.to(model_device(self), torch.float32)
+            x = x.to(model_device(self), model_dtype(self))
             return chunked(lambda c: F.softmax(self(c), dim=1), x)
 
     @torch.no_grad()
@@ -148,7 +149,7 @@ class UnfoldBinsNet(nn.Module):
     @torch.no_grad()
     def evaluate(self, data: dict[str, Tensor]) -> dict[str, float]:
         dev = model_device(self)
-        x = data["x"].to(dev, torch.float32)
+        x = data["x"].to(dev, model_dtype(self))
         y = class_target(data["y"].to(dev))
         keep = y >= 0
         x, y = x[keep], y[keep]

@@ -47,6 +47,7 @@ from models.base import (
     manifest_features,
     manifest_section,
     model_device,
+    model_dtype,
 )
 from models.metrics import unfolding_scores
 from models.unfold_bins import class_target, unfold_edges
@@ -183,7 +184,7 @@ class UnfoldMigrationNet(nn.Module):
     @torch.no_grad()
     def predict_proba(self, x: Tensor) -> Tensor:
         with eval_mode(self):
-            x = x.to(model_device(self), torch.float32)
+            x = x.to(model_device(self), model_dtype(self))
             return chunked(lambda c: F.softmax(self(c), dim=1), x)
 
     def _histogram(self, probs: Tensor, reco: Tensor) -> Tensor:
@@ -197,7 +198,7 @@ class UnfoldMigrationNet(nn.Module):
     @torch.no_grad()
     def unfold(self, x: Tensor) -> Tensor:
         """Unfolded histogram (N,) float64; sums to the number of events with a reco bin."""
-        x = x.to(model_device(self), torch.float32)
+        x = x.to(model_device(self), model_dtype(self))
         return self._histogram(self.predict_proba(x), self._split(x)[1])
 
     def configure_optimizers(self, lr: float) -> list[torch.optim.Optimizer]:
@@ -215,7 +216,7 @@ class UnfoldMigrationNet(nn.Module):
     @torch.no_grad()
     def evaluate(self, data: dict[str, Tensor]) -> dict[str, float]:
         dev = model_device(self)
-        x = data["x"].to(dev, torch.float32)
+        x = data["x"].to(dev, model_dtype(self))
         y = class_target(data["y"].to(dev))
         cls, train, in_range = self._targets(x, y)
         usable = (self._split(x)[1] >= 0) & (y >= 0)
