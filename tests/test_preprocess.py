@@ -576,3 +576,65 @@ def test_bad_config_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
         capsys,
         "missing.yaml",
     )
+
+
+def test_partitions_match_uproot_dask(sim: Path) -> None:
+    """Entry ranges per step size are the ones uproot.dask makes for the same branches."""
+    from jobs.preprocess import _expand, _partitions, make_plan, validate_inputs
+    from jobs.preprocess_config import parse_config
+
+    data = _cfg("zll", step_size="200 kB")
+    plan = make_plan(parse_config(data, "cfg"), "cfg")
+    f = str(sim / "zll" / "zll_0000.root")
+    files, plan = validate_inputs(plan, _expand([f], Path.cwd(), "--input"))
+    ours = [(a, b) for _, a, b in _partitions(files)]
+    assert len(ours) > 1
+    arrays = uproot.dask(
+        {f: "events"}, library="np", filter_name=plan.read_branches, step_size="200 kB"
+    )
+    chunks = np.cumsum((0, *next(iter(arrays.values())).chunks[0]))
+    assert ours == [(int(a), int(b)) for a, b in zip(chunks[:-1], chunks[1:], strict=True)]
+
+
+def test_zll_selection_matches_a_per_event_loop(sim: Path) -> None:
+    import itertools
+
+    from jobs.preprocess_config import ZllPairSelection
+    from jobs.preprocess_select import ELECTRON_MASS, MUON_MASS, Jagged, select
+
+    t = uproot.open(sim / "zll" / "zll_0000.root")["events"].arrays(entry_stop=400)
+    n = len(t)
+
+    def jagged(x: Any) -> Jagged:
+        off = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(ak.to_numpy(ak.num(x)), out=off[1:])
+        return Jagged(off, ak.to_numpy(ak.flatten(x)))
+
+    names = ("pt", "eta", "phi", "charge", "flavour", "iso", "truth_index")
+    arrays: dict[str, Any] = {f"lep_{v}": jagged(t[f"lep_{v}"]) for v in names}
+    cols, rows = select(ZllPairSelection(kind="zll_pair"), arrays, n, ("reco_mass",))
+    expect_rows, expect_mass = [], []
+    for e in range(n):
+        ev = t[e]
+        best: tuple[float, float] | None = None
+        for a, b in itertools.combinations(range(len(ev.lep_pt)), 2):
+            if not (ev.lep_iso[a] < 0.1 and ev.lep_iso[b] < 0.1):
+                continue
+            if ev.lep_charge[a] * ev.lep_charge[b] >= 0 or ev.lep_flavour[a] != ev.lep_flavour[b]:
+                continue
+            p = np.zeros(4)
+            for k in (a, b):
+                pt, eta, phi = float(ev.lep_pt[k]), float(ev.lep_eta[k]), float(ev.lep_phi[k])
+                mass = ELECTRON_MASS if abs(ev.lep_flavour[k]) == 11 else MUON_MASS
+                v = np.array([pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta), 0.0])
+                v[3] = np.sqrt(v[0] ** 2 + v[1] ** 2 + v[2] ** 2 + mass**2)
+                p += v
+            m = float(np.sqrt(max(p[3] ** 2 - p[0] ** 2 - p[1] ** 2 - p[2] ** 2, 0.0)))
+            if best is None or abs(m - 91.1876) < best[0]:
+                best = (abs(m - 91.1876), m)
+        if best is not None and best[0] < 0.25 * 91.1876:
+            expect_rows.append(e)
+            expect_mass.append(best[1])
+    assert len(expect_rows) > 50
+    np.testing.assert_array_equal(rows, expect_rows)
+    np.testing.assert_allclose(cols["reco_mass"], expect_mass, rtol=1e-12)
