@@ -58,7 +58,7 @@ from typing import Any
 import click
 import numpy as np
 
-from jobs.errors import ConfigError, HepscanError, InputError, OutputError
+from jobs.errors import ConfigError, InputError, OutputError
 from jobs.manifest import MANIFEST_NAME, MANIFEST_VERSION, SPLITS
 from jobs.preprocess_config import PreprocessConfig, load_config, step_size_bytes
 from jobs.preprocess_select import KINDS, Jagged, select
@@ -1073,17 +1073,14 @@ def preprocess_command(
     overwrite: bool,
 ) -> None:
     """Select events from ROOT files into Parquet shards + manifest.json."""
-    try:
-        path = preprocess(
-            config,
-            out,
-            inputs=list(inputs) or None,
-            scheduler=scheduler,
-            workers=workers,
-            overwrite=overwrite,
-        )
-    except HepscanError:
-        raise
+    path = preprocess(
+        config,
+        out,
+        inputs=list(inputs) or None,
+        scheduler=scheduler,
+        workers=workers,
+        overwrite=overwrite,
+    )
     man = json.loads(path.read_text())
     rows = " / ".join(f"{s} {man['splits'][s]['rows']}" for s in SPLITS)
     click.echo(f"preprocess: {man['counts']['rows']} rows ({rows}) -> {path}")

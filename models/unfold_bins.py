@@ -7,10 +7,22 @@ features → Linear(100) (linear activation) → ``depth`` × [Linear(w) → ReL
 The unfolded histogram is the sum of per-event predicted probabilities (paper eq. 4), not the
 argmax: ``N_j = Σ_k p_k^j``.
 
+That sum reproduces the truth histogram only if the probabilities are calibrated per class: at
+the maximum of the likelihood over the output biases, ``Σ_events p_k = n_k`` on the training
+sample exactly. SGD with a constant learning rate stops short of that point (the output biases
+keep jittering), and because every event contributes to every bin the residual adds up: after
+12 epochs at lr 1e-3 the training-set sums were off by 2–80 % per bin. :meth:`calibrate` fits a
+per-class logit offset by maximum likelihood on given rows with the network frozen (a convex
+problem; the stationarity condition is ``Σ p_k = n_k``), so the model stays a classifier and
+the offset is part of the state dict. Call it after training, on the training rows (or a
+validation fold), before unfolding.
+
 .. code-block:: python
 
     spec = FAMILY.data_spec(manifest)      # x = feat_*, y = truth_bin (rows with -1 dropped)
     model = FAMILY.build(UnfoldBinsConfig(alpha=8, p=2), spec.dims)
+    ...                                    # train
+    model.calibrate(x_train, y_train)      # per-class logit offsets, maximum likelihood
     hist = model.unfold(x)                 # (N,) float64
 """
 
@@ -103,6 +115,8 @@ def data_spec(manifest: Mapping[str, Any]) -> DataSpec:
 
 
 class UnfoldBinsNet(nn.Module):
+    logit_offset: Tensor
+
     def __init__(self, config: UnfoldBinsConfig, dims: DataDims) -> None:
         super().__init__()
         if len(dims.n_classes) != 1 or dims.n_classes[0] < 2:
@@ -121,9 +135,77 @@ class UnfoldBinsNet(nn.Module):
             ),
         )
 
+        # Per-class logit offset fitted by calibrate(); zero until then (a buffer, not trained).
+        self.register_buffer("logit_offset", torch.zeros(self.n_bins))
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # Checkpoints written before calibration existed have no offset: treat it as zero.
+        key = prefix + "logit_offset"
+        if key not in state_dict:
+            state_dict[key] = torch.zeros_like(self.logit_offset)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
     def forward(self, x: Tensor) -> Tensor:
-        """Logits over the truth bins, (B, N)."""
-        return self.net(x)  # type: ignore[no-any-return]
+        """Logits over the truth bins, (B, N), including the calibration offset."""
+        return self.net(x) + self.logit_offset  # type: ignore[no-any-return]
+
+    @torch.no_grad()
+    def calibrate(
+        self,
+        x: Tensor,
+        y: Tensor,
+        weights: Tensor | None = None,
+        *,
+        max_iter: int = 5000,
+        tol: float = 1e-10,
+    ) -> dict[str, float]:
+        """Fit the per-class logit offset ``b`` maximising ``Σ w log softmax(f(x) + b)[y]``.
+
+        The network is frozen; the problem is convex in ``b`` with the stationarity condition
+        ``Σ w p_k = Σ_{y=k} w`` for every class, solved in float64 by the fixed-point update
+        ``b_k += log(n_k / Σ w p_k)`` (iterative proportional fitting; each step increases the
+        likelihood). Classes absent from ``y`` get a large negative offset instead of −∞.
+        Returns the number of iterations and the largest remaining relative mismatch.
+        """
+        dev = model_device(self)
+        with eval_mode(self):
+            raw = chunked(self.net, x.to(dev, model_dtype(self))).double()
+        target = class_target(y.to(dev))
+        keep = target >= 0
+        raw, target = raw[keep], target[keep]
+        w = (
+            torch.ones(len(target), dtype=torch.float64, device=dev)
+            if weights is None
+            else weights.to(dev, torch.float64).reshape(-1)[keep]
+        )
+        counts = torch.zeros(self.n_bins, dtype=torch.float64, device=dev)
+        counts.index_add_(0, target, w)
+        # A pseudo-count far below one event keeps empty classes finite.
+        eps = 1e-6 * float(w.sum()) / self.n_bins
+        b = torch.zeros(self.n_bins, dtype=torch.float64, device=dev)
+        rel = math.inf
+        it = 0
+        for it in range(1, max_iter + 1):  # noqa: B007 - the count is reported
+            sums = (F.softmax(raw + b, dim=1) * w[:, None]).sum(dim=0)
+            step = torch.log((counts + eps) / (sums + eps))
+            b = (b + step).clamp(-50.0, 50.0)
+            b = b - b.max()  # softmax is shift-invariant; keep the offsets bounded
+            rel = float(step.abs().max())
+            if rel < tol:
+                break
+        self.logit_offset.copy_(b.to(self.logit_offset.dtype))
+        return {"iterations": float(it), "max_log_mismatch": rel}
 
     @torch.no_grad()
     def predict_proba(self, x: Tensor) -> Tensor:
