@@ -6,8 +6,9 @@
     python benchmarks/scan_overhead.py --trials 16
 
 Ray Tune runs the trials the way ``scan.driver`` does: a class Trainable reused between trials
-(``reuse_actors=True``), ``OptunaSearch`` (seeded TPE, define-by-run space) and
-``max_concurrent_trials=2``, one CPU per trial on a local 2-CPU Ray. The timer starts at
+(``reuse_actors=True``), ``OptunaSearch`` (seeded TPE, define-by-run space),
+``max_concurrent_trials=2`` and only the JSON result logger, one CPU per trial on a local
+2-CPU Ray (MLflow logging is not included). The timer starts at
 ``Tuner.fit()`` (Ray start-up excluded, reported separately). Plain Optuna runs the same workload
 in-process with ``study.optimize(n_jobs=2)``. The workload spins the CPU for 1 s of wall time,
 so the ideal wall time is ``trials / 2`` seconds. Last line: ``ratio=<Tune wall / ideal>``
@@ -41,11 +42,14 @@ def workload(x: float) -> float:
 def run_tune(trials: int, concurrency: int, storage: str) -> tuple[float, float]:
     import ray
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
     from ray.tune.search.optuna import OptunaSearch
 
     from scan.config import load_scan_config
     from scan.space import DefineByRun, make_sampler
 
+    # As scan.driver runs Tune: JSON results only (no CSV/TensorBoard loggers).
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     t0 = time.perf_counter()
     ray.init(num_cpus=concurrency, include_dashboard=False, log_to_driver=False)
     t_init = time.perf_counter() - t0
@@ -88,7 +92,9 @@ def run_tune(trials: int, concurrency: int, storage: str) -> tuple[float, float]
             max_concurrent_trials=concurrency,
             reuse_actors=True,
         ),
-        run_config=tune.RunConfig(name="overhead", storage_path=storage, verbose=0),
+        run_config=tune.RunConfig(
+            name="overhead", storage_path=storage, verbose=0, callbacks=[JsonLoggerCallback()]
+        ),
     )
     t0 = time.perf_counter()
     grid = tuner.fit()

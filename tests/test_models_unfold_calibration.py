@@ -37,7 +37,7 @@ class ExactLikelihood(nn.Module):
 
 def exact_model() -> UnfoldBinsNet:
     model = UnfoldBinsNet(UnfoldBinsConfig(), DataDims(n_inputs=1, n_classes=(N_BINS,)))
-    model.net = ExactLikelihood()
+    model.net = ExactLikelihood()  # type: ignore[assignment]
     return model.double()
 
 
@@ -57,7 +57,7 @@ def test_calibration_restores_prior_and_closes_on_independent_sample() -> None:
     assert chi2(raw, truth) > 50.0
 
     info = model.calibrate(x_cal, y_cal)
-    assert info["max_log_mismatch"] < 1e-8
+    assert info["max_rel_mismatch"] < 1e-8
     # The fitted offsets are the log prior up to a constant.
     off = model.logit_offset.numpy()
     np.testing.assert_allclose(off - off.mean(), np.log(prior) - np.log(prior).mean(), atol=0.03)
@@ -93,4 +93,4 @@ def test_empty_class_gets_finite_offset() -> None:
     model.calibrate(x, y)
     off = model.logit_offset.numpy()
     assert np.all(np.isfinite(off))
-    assert model.unfold(x).numpy()[3] < 1e-3
+    assert model.unfold(x).numpy()[3] < 0.01  # pseudo-count 1e-9·Σw/N

@@ -41,12 +41,16 @@ def run(
     epochs: int | None = None,
     seed: int = 2,
     cache_dir: Path | None = None,
+    calibrate: bool = True,
 ) -> dict[str, object]:
     folds = folds or (3 if fast else 10)
     events = events or (30_000 if fast else 1_000_000)
     cfg = common.UnfoldConfig(
         train=common.TrainSettings(
-            epochs=epochs or (4 if fast else 30), batch_size=512 if fast else 2048, patience=3
+            epochs=epochs or (4 if fast else 30),
+            batch_size=512 if fast else 2048,
+            patience=3,
+            calibrate=calibrate,
         )
     )
     cache = cache_dir or (out.parent / ".cache")
@@ -123,6 +127,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--events", type=int, default=None, help="simulated dijet events per sample")
     ap.add_argument("--epochs", type=int, default=None, help="max epochs (early stopping)")
     ap.add_argument("--seed", type=int, default=2)
+    ap.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="skip the per-class calibration of the classifier (the uncalibrated comparison)",
+    )
     args = ap.parse_args(argv)
     run(
         args.out,
@@ -133,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         events=args.events,
         epochs=args.epochs,
         seed=args.seed,
+        calibrate=not args.no_calibrate,
     )
 
 
