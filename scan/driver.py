@@ -116,6 +116,7 @@ def _make_callback(cfg: ScanConfig, scan_dir: Path, tracking_uri: str | None) ->
             self.scheduler = cfg.scheduler.type
             self.objectives = cfg.metrics
             self._checkpoints: dict[str, str] = {}
+            self._hosts: dict[str, tuple[str, str]] = {}
 
         @property
         def tracker(self) -> Any:
@@ -139,6 +140,14 @@ def _make_callback(cfg: ScanConfig, scan_dir: Path, tracking_uri: str | None) ->
         ) -> None:
             step = int(result.get("training_iteration", 0))
             self.tracker.log_epoch(trial.trial_id, step, _numeric(result))
+            # Which node ran the trial: on a multi-node allocation this is how a user (and the
+            # SLURM test) sees that the cluster was really used.
+            host = (str(result.get("hostname", "")), str(result.get("node_ip", "")))
+            if host[0] and self._hosts.get(trial.trial_id) != host:
+                self._hosts[trial.trial_id] = host
+                self.tracker.set_trial_tags(
+                    trial.trial_id, {"hepscan.host": host[0], "hepscan.node_ip": host[1]}
+                )
 
         def on_checkpoint(
             self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any

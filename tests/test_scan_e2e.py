@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -117,6 +118,7 @@ def test_horovod_scan_end_to_end(ray_2cpu: None, dataset: Path, tmp_path: Path) 
         else:
             assert steps == [1, 2, 3]
         assert float(run.data.params["alpha"]) == pytest.approx(by_id.loc[tid, "alpha"])
+        assert run.data.tags["hepscan.host"] == socket.gethostname()
         arts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"trial_config.json", "checkpoint", "plots"} <= arts
         assert [a.path for a in client.list_artifacts(run.info.run_id, "plots")] == [
