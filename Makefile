@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.hepscan-installed
 
-.PHONY: install demo test lint typecheck pytest system-deps clean
+.PHONY: install demo test lint typecheck pytest system-deps clean slurm-up slurm-down studies benchmarks
 
 # CPU torch first (a wheel on disk here); anything that depends on torch installed before it would
 # pull a multi-GB CUDA build. Horovod is then built from its sdist against that torch.
@@ -38,6 +38,27 @@ pytest: install system-deps
 	$(PY) -m pytest -q
 
 test: lint typecheck pytest
+
+# The local SLURM test cluster (root): two slurmd "nodes" in their own network namespaces.
+slurm-up:
+	bash slurm/testcluster/up.sh --nodes 2
+
+slurm-down:
+	bash slurm/testcluster/down.sh
+
+# Physics studies in full mode (tables + PNGs under studies-output/); see docs/studies.md.
+studies: install
+	$(PY) -m benchmarks.studies.unfolding_table
+	$(PY) -m benchmarks.studies.falling_spectrum
+	$(PY) -m benchmarks.studies.prior_dependence
+	$(PY) -m benchmarks.studies.resolution_jets
+
+# Speed goals: each prints its figures and `ratio=` against a baseline measured in the same run.
+benchmarks: install
+	$(PY) benchmarks/preprocess.py
+	$(PY) benchmarks/train.py
+	$(PY) benchmarks/scan_overhead.py
+	$(PY) benchmarks/search_efficiency.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
