@@ -184,11 +184,11 @@ if [[ "$NODES" == 2 ]]; then
             ip -n "$ns" link set lo up
         fi
     done
-    NODE_LINES="NodeName=hsnode1 NodeAddr=$NET.11 NodeHostname=hsnode1 CPUs=$(nproc) RealMemory=$MEM_MB State=UNKNOWN
-NodeName=hsnode2 NodeAddr=$NET.12 NodeHostname=hsnode2 CPUs=$(nproc) RealMemory=$MEM_MB State=UNKNOWN"
+    NODE_LINES="NodeName=hsnode1 NodeAddr=$NET.11 NodeHostname=hsnode1 CPUs=$(env -u OMP_NUM_THREADS nproc) RealMemory=$MEM_MB State=UNKNOWN
+NodeName=hsnode2 NodeAddr=$NET.12 NodeHostname=hsnode2 CPUs=$(env -u OMP_NUM_THREADS nproc) RealMemory=$MEM_MB State=UNKNOWN"
 else
     CTLD_ADDR=127.0.0.1
-    NODE_LINES="NodeName=hsnode1 NodeAddr=127.0.0.1 NodeHostname=$(hostname -s) CPUs=$(nproc) RealMemory=$MEM_MB State=UNKNOWN"
+    NODE_LINES="NodeName=hsnode1 NodeAddr=127.0.0.1 NodeHostname=$(hostname -s) CPUs=$(env -u OMP_NUM_THREADS nproc) RealMemory=$MEM_MB State=UNKNOWN"
 fi
 
 # ---------------------------------------------------------------- config
