@@ -39,7 +39,7 @@ def workload(x: float) -> float:
     return (x - 0.3) ** 2
 
 
-def run_tune(trials: int, concurrency: int, storage: str) -> tuple[float, float]:
+def run_tune(trials: int, concurrency: int, storage: str) -> tuple[float, float, dict[str, float]]:
     import ray
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
@@ -59,7 +59,9 @@ def run_tune(trials: int, concurrency: int, storage: str) -> tuple[float, float]
             self.x = float(config["x"])
 
         def step(self) -> dict[str, Any]:
-            return {"score": workload(self.x), "done": True}
+            start = time.time()
+            score = workload(self.x)
+            return {"score": score, "work_start": start, "work_end": time.time(), "done": True}
 
         def reset_config(self, new_config: dict[str, Any]) -> bool:
             self.x = float(new_config["x"])
@@ -96,12 +98,26 @@ def run_tune(trials: int, concurrency: int, storage: str) -> tuple[float, float]
             name="overhead", storage_path=storage, verbose=0, callbacks=[JsonLoggerCallback()]
         ),
     )
+    fit_start = time.time()
     t0 = time.perf_counter()
     grid = tuner.fit()
     wall = time.perf_counter() - t0
     assert len(grid) == trials and not grid.errors, grid.errors
     ray.shutdown()
-    return wall, t_init
+    return wall, t_init, _breakdown(grid.get_dataframe(), fit_start, wall, concurrency)
+
+
+def _breakdown(df: Any, fit_start: float, wall: float, concurrency: int) -> dict[str, float]:
+    """Where the wall time beyond the workload went: start-up, gaps between trials, the end."""
+    starts = sorted(float(x) - fit_start for x in df["work_start"])
+    ends = sorted(float(x) - fit_start for x in df["work_end"])
+    # with c slots the (k + c)-th trial starts when the k-th one has ended and freed its slot
+    gaps = [s - e for s, e in zip(starts[concurrency:], ends, strict=False)]
+    return {
+        "first_start": starts[0],
+        "mean_gap": sum(gaps) / max(len(gaps), 1),
+        "after_last": wall - ends[-1],
+    }
 
 
 def run_optuna(trials: int, concurrency: int) -> float:
@@ -134,8 +150,15 @@ def main() -> None:
         f"ratio={wall_optuna / ideal:.3f}"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        wall, t_init = run_tune(args.trials, args.concurrency, tmp)
+        wall, t_init, parts = run_tune(args.trials, args.concurrency, tmp)
     print(f"ray init: {t_init:.2f}s (not counted)")
+    print(
+        f"tune breakdown: first trial started after {parts['first_start']:.2f}s (trial actors "
+        f"start: python + ray + ray.tune imports), mean gap between trials "
+        f"{parts['mean_gap'] * 1000:.0f}ms, {parts['after_last']:.2f}s after the last trial"
+    )
+    steady = (wall - parts["first_start"] - parts["after_last"]) / ideal
+    print(f"steady-state ratio (start-up and shutdown excluded) = {steady:.3f}")
     print(
         f"ray tune (reuse_actors, OptunaSearch TPE): wall={wall:.2f}s "
         f"overhead/trial={(wall - ideal) / args.trials * args.concurrency:.3f}s"
