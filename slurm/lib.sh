@@ -121,3 +121,13 @@ hs_activate() {
         export PYTHONPATH="$HS_PYTHONPATH${PYTHONPATH:+:$PYTHONPATH}"
     fi
 }
+
+# The driver runs where the job was submitted, so relative paths in its arguments
+# (`-- --set dataset=data/zll`, `-- --input 'data/*.root'`) mean what they meant there.
+hs_enter_submit_dir() {
+    local dir="${SLURM_SUBMIT_DIR:-$HS_RUN_DIR}"
+    if ! cd "$dir" 2>/dev/null; then
+        hs_log "cannot enter the submit directory $dir on this node; running from $HS_RUN_DIR"
+        cd "$HS_RUN_DIR" || exit 1
+    fi
+}

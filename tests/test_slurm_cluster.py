@@ -335,12 +335,19 @@ def _runs(scan_dir: Path) -> tuple[Any, list[Any]]:
 
 
 def test_scan_on_two_nodes(
-    cluster: str, zll: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    cluster: str,
+    zll: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     cfg = _scan_config(zll, tmp_path, num_trials=4, max_epochs=2)
     scan_dir = tmp_path / "scan"
     args = ["slurm", "submit", str(cfg), "--nodes", "2", "--cpus-per-node", "2"]
     args += ["--time", "00:15:00", "--run-dir", str(tmp_path / "run"), "--scan-dir", str(scan_dir)]
+    # a relative path after `--` means what it meant where the job was submitted (README)
+    monkeypatch.chdir(tmp_path)
+    args += ["--", "--set", f"dataset={os.path.relpath(zll / 'local', tmp_path)}"]
     main(args)
     printed = capsys.readouterr().out
     job_id = printed.split("submitted job ", 1)[1].split()[0]
