@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "scan.json"
 TUNE_DIR = "tune"
 EXIT_INTERRUPTED = 3
+EXIT_NO_RESULT = 1
 _TRACKERS: dict[str, Any] = {}  # scan_dir -> ScanTracker of this driver process
 
 
@@ -618,6 +619,14 @@ def _print_result(result: ScanResult) -> None:
     click.echo(f"best config: {json.dumps(result.best_config, default=str)}")
     click.echo(f"MLflow parent run: {result.parent_run_id}")
     click.echo(f"review: {ui_command(result.tracking_uri)}")
+    if result.best_trial_id is None:
+        # a scan with nothing to show must not look like a success to sbatch or a pipeline
+        click.echo(
+            f"hepscan: no trial reported the objective (every trial failed); their errors are "
+            f"in {result.scan_dir / 'tune'}/trial_*/error.txt",
+            err=True,
+        )
+        sys.exit(EXIT_NO_RESULT)
 
 
 @click.command("scan")

@@ -165,6 +165,32 @@ def test_failing_trial_is_failed_and_scan_continues(
     assert "dropout" in failed[0].data.tags["hepscan.error"].lower()
 
 
+def test_cli_exits_nonzero_when_every_trial_fails(
+    ray_2cpu: None, dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from scan.cli import main
+
+    # dropout 1.5 is rejected when the trial builds its model: nothing reports the objective
+    cfg = scan_cfg(
+        dataset,
+        searcher="grid",
+        search_space={"dropout": ["choice", [1.5]]},
+        scheduler="none",
+        num_trials=1,
+        max_epochs=1,
+    )
+    path = tmp_path / "scan.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    scan_dir = tmp_path / "scan"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["scan", str(path), "--scan-dir", str(scan_dir)])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "every trial failed" in err and str(scan_dir / "tune") in err
+    _, parent, children = mlflow_runs(scan_dir)
+    assert [c.info.status for c in children] == ["FAILED"]
+
+
 def test_resources_larger_than_cluster_fail_before_trials(
     ray_2cpu: None, dataset: Path, tmp_path: Path
 ) -> None:

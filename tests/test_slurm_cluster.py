@@ -300,17 +300,23 @@ def test_preprocess_on_two_nodes_matches_local(cluster: str, zll: Path, tmp_path
 # ---------------------------------------------------------------------------- the scan
 
 
-def _scan_config(zll: Path, tmp_path: Path, num_trials: int, max_epochs: int) -> Path:
+def _scan_config(
+    zll: Path, tmp_path: Path, num_trials: int, max_epochs: int, backend: str = "single"
+) -> Path:
     """configs/demo.yaml made small; one 2-CPU trial fills a node, so two run on two nodes.
 
-    No early stopping (patience > max_epochs, no ASHA): every trial runs ``max_epochs``.
+    ``backend: horovod`` keeps the demo's 2-rank trials (2 x 1 CPU), ``single`` one rank on
+    2 CPUs. No early stopping (patience > max_epochs, no ASHA): every trial runs
+    ``max_epochs``.
     """
+    workers = 1 if backend == "single" else 2
     cfg = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
     cfg["fixed"] = {**cfg.get("fixed", {}), "patience": max_epochs + 1}
     cfg.update(
         name="slurm_demo", dataset=str(zll / "local"), num_trials=num_trials,
-        max_epochs=max_epochs, concurrency=2, backend="single", searcher="random",
-        scheduler={"type": "none"}, resources={"workers": 1, "cpus_per_worker": 2},
+        max_epochs=max_epochs, concurrency=2, backend=backend, searcher="random",
+        scheduler={"type": "none"},
+        resources={"workers": workers, "cpus_per_worker": 2 // workers},
     )  # fmt: skip
     cfg.pop("n_startup_trials", None)
     path = tmp_path / "slurm_demo.yaml"
@@ -341,7 +347,8 @@ def test_scan_on_two_nodes(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    cfg = _scan_config(zll, tmp_path, num_trials=4, max_epochs=2)
+    # the demo's trials: 2 Horovod ranks each, placed by Ray inside the SLURM allocation
+    cfg = _scan_config(zll, tmp_path, num_trials=4, max_epochs=2, backend="horovod")
     scan_dir = tmp_path / "scan"
     args = ["slurm", "submit", str(cfg), "--nodes", "2", "--cpus-per-node", "2"]
     args += ["--time", "00:15:00", "--run-dir", str(tmp_path / "run"), "--scan-dir", str(scan_dir)]

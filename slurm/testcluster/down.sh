@@ -65,6 +65,13 @@ tac "$CREATED" | while read -r kind name; do
             if [[ -f /run/munge/munged.pid ]]; then
                 stop_pid munged "$(cat /run/munge/munged.pid)"
             fi ;;
+        hosts)
+            # only the line up.sh appended (it ends with the marker)
+            # (rewritten in place, not renamed: /etc/hosts may be a bind mount)
+            if grep -q " $name # hepscan-testcluster$" /etc/hosts; then
+                kept="$(grep -v " $name # hepscan-testcluster$" /etc/hosts)"
+                printf '%s\n' "$kept" > /etc/hosts && log "removed $name from /etc/hosts"
+            fi ;;
         file) rm -f "$name" && log "removed $name" ;;
     esac
 done

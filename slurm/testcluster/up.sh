@@ -57,6 +57,7 @@ export SLURM_CONF="$CONF"
 log() { echo "up.sh: $*"; }
 record() { echo "$*" >> "$CREATED"; }
 recorded() { [[ -f "$CREATED" ]] && grep -qxF "$*" "$CREATED"; }
+HOSTS_MARK="# hepscan-testcluster"  # ends each /etc/hosts line up.sh adds; down.sh removes them
 pid_alive() { [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null; }
 pidfile_alive() { [[ -f "$1" ]] && pid_alive "$(cat "$1")"; }
 
@@ -90,6 +91,8 @@ cluster_healthy() {
     local n
     for n in $(node_names "$mode"); do
         pidfile_alive "$H/run/slurmd-$n.pid" || return 1
+        # 2-node mode: the node names resolve (see the network section)
+        [[ "$mode" == 1 ]] || getent hosts "$n" >/dev/null || return 1
     done
     munge -n 2>/dev/null | unmunge >/dev/null 2>&1 || return 1
 }
@@ -182,6 +185,14 @@ if [[ "$NODES" == 2 ]]; then
             ip -n "$ns" addr add "$NET.1$i/24" dev "hsv${i}p"
             ip -n "$ns" link set "hsv${i}p" up
             ip -n "$ns" link set lo up
+        fi
+    done
+    # Node names must resolve, as on a real cluster: Horovod's gloo looks its own host up and
+    # crashes (SIGSEGV in gloo::transport::tcp::CreateDeviceAttr) when it cannot.
+    for i in 1 2; do
+        if ! grep -q "^$NET.1$i hsnode$i " /etc/hosts; then
+            echo "$NET.1$i hsnode$i $HOSTS_MARK" >> /etc/hosts
+            recorded "hosts hsnode$i" || record "hosts hsnode$i"
         fi
     done
     NODE_LINES="NodeName=hsnode1 NodeAddr=$NET.11 NodeHostname=hsnode1 CPUs=$(env -u OMP_NUM_THREADS nproc) RealMemory=$MEM_MB State=UNKNOWN
