@@ -619,11 +619,15 @@ def _print_result(result: ScanResult) -> None:
     click.echo(f"best config: {json.dumps(result.best_config, default=str)}")
     click.echo(f"MLflow parent run: {result.parent_run_id}")
     click.echo(f"review: {ui_command(result.tracking_uri)}")
+
+
+def _finish(result: ScanResult) -> None:
+    """Print the result; a scan with nothing to show must not look like a success to sbatch."""
+    _print_result(result)
     if result.best_trial_id is None:
-        # a scan with nothing to show must not look like a success to sbatch or a pipeline
         click.echo(
             f"hepscan: no trial reported the objective (every trial failed); their errors are "
-            f"in {result.scan_dir / 'tune'}/trial_*/error.txt",
+            f"in {result.scan_dir / TUNE_DIR}/trial_*/error.txt",
             err=True,
         )
         sys.exit(EXIT_NO_RESULT)
@@ -655,7 +659,7 @@ def scan_command(
     except ScanInterrupted as exc:
         click.echo(f"hepscan: {exc}", err=True)
         sys.exit(EXIT_INTERRUPTED)
-    _print_result(result)
+    _finish(result)
 
 
 @click.command("resume")
@@ -669,7 +673,7 @@ def resume_command(scan_dir: str, address: str | None, tracking_uri: str | None)
     except ScanInterrupted as exc:
         click.echo(f"hepscan: {exc}", err=True)
         sys.exit(EXIT_INTERRUPTED)
-    _print_result(result)
+    _finish(result)
 
 
 def _finite(x: Any) -> bool:
