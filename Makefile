@@ -48,8 +48,8 @@ slurm-down:
 
 # Physics studies in full mode (tables + PNGs under studies-output/); see docs/studies.md.
 studies: install
-	$(PY) -m benchmarks.studies.unfolding_table
-	$(PY) -m benchmarks.studies.falling_spectrum
+	$(PY) -m benchmarks.studies.unfolding_table --jobs 2
+	$(PY) -m benchmarks.studies.falling_spectrum --jobs 2
 	$(PY) -m benchmarks.studies.prior_dependence
 	$(PY) -m benchmarks.studies.resolution_jets
 

@@ -42,6 +42,7 @@ def run(
     seed: int = 2,
     cache_dir: Path | None = None,
     calibrate: bool = True,
+    jobs: int = 1,
 ) -> dict[str, object]:
     folds = folds or (3 if fast else 10)
     events = events or (30_000 if fast else 1_000_000)
@@ -79,6 +80,7 @@ def run(
                 folds,
                 cfg,
                 seed,
+                jobs=jobs,
             )
             results[key] = res
             h = res[0].hists
@@ -132,6 +134,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="store_true",
         help="skip the per-class calibration of the classifier (the uncalibrated comparison)",
     )
+    ap.add_argument(
+        "--jobs", type=int, default=1, help="folds trained in parallel processes (same results)"
+    )
     args = ap.parse_args(argv)
     run(
         args.out,
@@ -143,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         epochs=args.epochs,
         seed=args.seed,
         calibrate=not args.no_calibrate,
+        jobs=args.jobs,
     )
 
 

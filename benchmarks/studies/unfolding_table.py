@@ -47,6 +47,7 @@ def run(
     seed: int = 1,
     cache_dir: Path | None = None,
     calibrate: bool = True,
+    jobs: int = 1,
 ) -> dict[str, object]:
     folds = folds or (3 if fast else 10)
     events = events or (30_000 if fast else 400_000)
@@ -81,6 +82,7 @@ def run(
                 folds,
                 cfg,
                 seed,
+                jobs=jobs,
             )
             results[f"{n} bins"] = res
             h = res[0].hists
@@ -130,6 +132,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="store_true",
         help="skip the per-class calibration of the classifier (the uncalibrated comparison)",
     )
+    ap.add_argument(
+        "--jobs", type=int, default=1, help="folds trained in parallel processes (same results)"
+    )
     args = ap.parse_args(argv)
     run(
         args.out,
@@ -140,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         epochs=args.epochs,
         seed=args.seed,
         calibrate=not args.no_calibrate,
+        jobs=args.jobs,
     )
 
 
