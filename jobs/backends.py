@@ -64,6 +64,10 @@ class Comm:
         """Average a dict of floats over ranks; keys must be the same on every rank."""
         return {k: float(v) for k, v in values.items()}
 
+    def allreduce_sum(self, tensor: Tensor) -> Tensor:
+        """The element-wise sum of ``tensor`` over ranks (a new tensor; same shape everywhere)."""
+        return tensor
+
     def broadcast_object(self, obj: Any) -> Any:
         """Rank 0's ``obj`` on every rank (pickled)."""
         return obj
@@ -118,6 +122,10 @@ class HorovodComm(Comm):
         t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
         out = self.hvd.allreduce(t, op=self.hvd.Average, name="hepscan.metrics")
         return dict(zip(keys, out.tolist(), strict=True))
+
+    def allreduce_sum(self, tensor: Tensor) -> Tensor:
+        out: Tensor = self.hvd.allreduce(tensor, op=self.hvd.Sum, name="hepscan.sum")
+        return out
 
     def broadcast_object(self, obj: Any) -> Any:
         return self.hvd.broadcast_object(obj, root_rank=0, name="hepscan.object")
@@ -206,6 +214,13 @@ class DdpComm(Comm):
         t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return dict(zip(keys, (t / self.size).tolist(), strict=True))
+
+    def allreduce_sum(self, tensor: Tensor) -> Tensor:
+        import torch.distributed as dist
+
+        out = tensor.clone()
+        dist.all_reduce(out)
+        return out
 
     def broadcast_object(self, obj: Any) -> Any:
         import torch.distributed as dist

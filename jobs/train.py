@@ -33,6 +33,10 @@ averages over events, so slice-and-average would be wrong) and the metrics are b
 every rank holds the same numbers. Training statistics are averaged over steps and then over
 ranks with allreduce.
 
+Calibration (``calibrate: true``, the default): after each epoch's training steps, families with
+a ``calibrate`` method (``unfold_bins``) refit it on all training rows before validation; the
+ranks all-reduce its sums, so the result equals one process holding every row.
+
 NaN: with one process the first non-finite loss raises :class:`TrainingDiverged`. With several
 ranks the check is collective at the end of the epoch (a NaN on one rank reaches all ranks
 through the gradient average anyway): a rank raising alone would leave the others blocked in
@@ -106,6 +110,10 @@ class TrainConfig:
     max_rows: int | None = None  # first rows of each split only (tiny runs / scans)
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     dtype: str = "float32"  # "float32" | "float64" (model and float tensors)
+    # Refit the model's per-class calibration (unfold_bins: logit offsets, so that the summed
+    # probabilities match the training truth counts) on all training rows after every epoch,
+    # before validation; families without ``calibrate`` ignore it.
+    calibrate: bool = True
 
 
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
@@ -125,6 +133,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "max_rows": (int, type(None)),
     "device": (str,),
     "dtype": (str,),
+    "calibrate": (bool,),
 }
 
 
@@ -143,7 +152,8 @@ def train_config_from_dict(data: Mapping[str, Any], source: str = "config") -> T
             raise ConfigError(f"{source}: required key {key!r} missing")
     for key, value in data.items():
         types = _FIELD_TYPES[key]
-        if isinstance(value, bool) or not isinstance(value, types):
+        # bool is an int subclass: accept it only where a bool is meant
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
             raise ConfigError(f"{source}: key {key!r} must be {want}, got {value!r}")
     cfg = TrainConfig(**{k: copy.deepcopy(v) for k, v in data.items()})
@@ -660,6 +670,11 @@ class TrainSession:
                 f"(family {self.config.family!r}, lr {self.config.lr})"
             )
 
+        calibrate = getattr(self.model, "calibrate", None) if self.config.calibrate else None
+        if calibrate is not None:
+            calibrate(
+                self.x_train, self.y_train, reduce=None if single else self.comm.allreduce_sum
+            )
         val = self._evaluate() if self.rank == 0 else None
         if not single:
             val = self.comm.broadcast_object(val)

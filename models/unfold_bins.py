@@ -29,7 +29,7 @@ validation fold), before unfolding.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
@@ -169,6 +169,7 @@ class UnfoldBinsNet(nn.Module):
         *,
         max_iter: int = 100,
         tol: float = 1e-9,
+        reduce: Callable[[Tensor], Tensor] | None = None,
     ) -> dict[str, float]:
         """Fit the per-class logit offset ``b`` maximising ``Σ w log softmax(f(x) + b)[y]``.
 
@@ -178,7 +179,12 @@ class UnfoldBinsNet(nn.Module):
         lacks is pinned by a rank-one term). Classes absent from ``y`` get a pseudo-count far
         below one event, so their offset stays finite. Returns the number of iterations and
         the largest remaining mismatch ``|Σ w p_k − n_k|`` relative to ``max(n_k, 1)``.
+
+        Data-parallel: each rank passes its own rows and ``reduce`` (a sum over ranks). Every
+        sum above is reduced before use, so all ranks take the same Newton steps and end with
+        the same offsets as one process holding all rows.
         """
+        red: Callable[[Tensor], Tensor] = reduce if reduce is not None else (lambda t: t)
         dev = model_device(self)
         with eval_mode(self):
             raw = chunked(self.net, x.to(dev, model_dtype(self))).double()
@@ -191,21 +197,33 @@ class UnfoldBinsNet(nn.Module):
             else weights.to(dev, torch.float64).reshape(-1)[keep]
         )
         n = self.n_bins
-        counts = torch.zeros(n, dtype=torch.float64, device=dev)
-        counts.index_add_(0, target, w)
-        total = float(w.sum())
+        local = torch.zeros(n + 2, dtype=torch.float64, device=dev)
+        local[:n].index_add_(0, target, w)
+        local[n] = w.sum()
+        local[n + 1] = float(not bool(torch.isfinite(raw).all()))
+        sums = red(local)
+        counts, total = sums[:n], float(sums[n])
+        if sums[n + 1] > 0 or total <= 0:
+            # a diverged network (the training loop reports it) or no rows: keep the offsets
+            return {"iterations": 0.0, "max_rel_mismatch": math.inf}
         eps = 1e-9 * total / n
         # pseudo-counts rescaled so they still sum to Σw (a stationary point must exist)
         goal = (counts + eps) * total / (total + n * eps)
         ones = torch.ones(n, n, dtype=torch.float64, device=dev) / n
 
         def objective(b: Tensor) -> tuple[float, Tensor, Tensor]:
-            logp = F.log_softmax(raw + b, dim=1)
-            p = logp.exp()
-            value = float((goal * b).sum() - (w * torch.logsumexp(raw + b, dim=1)).sum())
-            return value, goal - (w[:, None] * p).sum(dim=0), p
+            logits = raw + b
+            p = F.softmax(logits, dim=1)
+            part = torch.empty(n + 1, dtype=torch.float64, device=dev)
+            part[0] = (w * torch.logsumexp(logits, dim=1)).sum()
+            part[1:] = (w[:, None] * p).sum(dim=0)
+            total_part = red(part)
+            value = float((goal * b).sum() - total_part[0])
+            return value, goal - total_part[1:], p
 
-        b = torch.zeros(n, dtype=torch.float64, device=dev)
+        # warm start from the current offsets: refits after each epoch then take a step or two
+        b = self.logit_offset.to(dev, torch.float64).clone()
+        b = (b - b.max()).clamp(min=-60.0)
         value, grad, p = objective(b)
         mismatch = math.inf
         it = 0
@@ -214,7 +232,7 @@ class UnfoldBinsNet(nn.Module):
             if mismatch < tol:
                 break
             wp = w[:, None] * p
-            hess = torch.diag(wp.sum(dim=0)) - p.T @ wp  # negative Hessian, PSD
+            hess = red(torch.diag(wp.sum(dim=0)) - p.T @ wp)  # negative Hessian, PSD
             scale = float(hess.diagonal().mean()) + 1e-300
             step = torch.linalg.solve(
                 hess + scale * ones + 1e-12 * scale * torch.eye(n, dtype=torch.float64, device=dev),

@@ -148,6 +148,31 @@ def test_session_api_and_max_rows(dataset: Path) -> None:
         s.run_epoch()
 
 
+def _training_closure(calibrate: bool, dataset: Path) -> tuple[torch.Tensor, float]:
+    """(logit offsets, largest |Σ p_k − n_k| / n_k) on the training rows after 2 epochs."""
+    s = TrainSession(config(dataset, epochs=2, calibrate=calibrate, dtype="float64"))
+    s.setup()
+    s.run_epoch()
+    s.run_epoch()
+    model: Any = s.model
+    y = s.y_train.reshape(-1)
+    keep = y >= 0
+    counts = torch.bincount(y[keep], minlength=model.n_bins).double()
+    unfolded = model.unfold(s.x_train[keep])
+    return model.logit_offset.clone(), float(
+        ((unfolded - counts).abs() / counts.clamp(min=1)).max()
+    )
+
+
+def test_every_epoch_calibrates_the_unfolding_on_the_training_rows(dataset: Path) -> None:
+    offsets, mismatch = _training_closure(True, dataset)
+    assert mismatch < 1e-6  # Σ_events p_k equals the training truth count of every bin
+    assert float(offsets.abs().max()) > 1e-3
+    raw_offsets, raw_mismatch = _training_closure(False, dataset)
+    assert torch.count_nonzero(raw_offsets) == 0
+    assert raw_mismatch > 0.05  # two epochs of Adam leave the sums several % off
+
+
 def test_batch_larger_than_data_is_lowered(dataset: Path) -> None:
     s = TrainSession(config(dataset, epochs=1, max_rows=100, batch_size=4096))
     s.setup()
