@@ -672,8 +672,13 @@ class TrainSession:
 
         calibrate = getattr(self.model, "calibrate", None) if self.config.calibrate else None
         if calibrate is not None:
+            # a millionth of an event per bin is plenty, and bounds the cost of every epoch
             calibrate(
-                self.x_train, self.y_train, reduce=None if single else self.comm.allreduce_sum
+                self.x_train,
+                self.y_train,
+                tol=1e-6,
+                max_iter=30,
+                reduce=None if single else self.comm.allreduce_sum,
             )
         val = self._evaluate() if self.rank == 0 else None
         if not single:

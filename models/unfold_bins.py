@@ -243,9 +243,14 @@ class UnfoldBinsNet(nn.Module):
                 cand = (b + t * step).clamp(-60.0, 60.0)
                 cand = cand - cand.max()
                 new_value, new_grad, new_p = objective(cand)
-                if new_value >= value - 1e-12 * abs(value) or t < 1e-6:
+                if new_value >= value - 1e-12 * abs(value):
                     break
                 t *= 0.5
+                if t < 1e-6:
+                    # no ascent left at float64 precision (e.g. an empty class pinned at the
+                    # clamp): further iterations would only repeat this search
+                    self.logit_offset.copy_(b.to(self.logit_offset.dtype))
+                    return {"iterations": float(it), "max_rel_mismatch": mismatch}
             b, value, grad, p = cand, new_value, new_grad, new_p
         self.logit_offset.copy_(b.to(self.logit_offset.dtype))
         return {"iterations": float(it), "max_rel_mismatch": mismatch}
