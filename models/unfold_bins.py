@@ -213,9 +213,10 @@ class UnfoldBinsNet(nn.Module):
 
         def objective(b: Tensor) -> tuple[float, Tensor, Tensor]:
             logits = raw + b
-            p = F.softmax(logits, dim=1)
+            lse = torch.logsumexp(logits, dim=1)
+            p = torch.exp(logits - lse[:, None])  # softmax, reusing the normaliser
             part = torch.empty(n + 1, dtype=torch.float64, device=dev)
-            part[0] = (w * torch.logsumexp(logits, dim=1)).sum()
+            part[0] = (w * lse).sum()
             part[1:] = (w[:, None] * p).sum(dim=0)
             total_part = red(part)
             value = float((goal * b).sum() - total_part[0])
