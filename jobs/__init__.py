@@ -3,6 +3,6 @@
 Submodules import their engines (uproot, dask, torch, horovod) only when used.
 """
 
-from jobs.errors import ConfigError, HepscanError, InputError, OutputError
+from models.errors import ConfigError, HepscanError, InputError, OutputError
 
 __all__ = ["ConfigError", "HepscanError", "InputError", "OutputError"]

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from jobs.errors import ConfigError
+from models.errors import ConfigError
 
 BACKENDS = ("single", "horovod", "ddp")
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from jobs.errors import ConfigError, InputError
+from models.errors import ConfigError, InputError
 
 MANIFEST_NAME = "manifest.json"
 SPLITS = ("train", "validation", "test")

@@ -15,7 +15,7 @@ How it runs:
 
 1. Validate everything that can be validated without Dask: config keys and column names,
    every input file (readable ROOT file, tree, branches, no basket beyond the end of the file),
-   the output location. Each failure is one :class:`~jobs.errors.HepscanError` naming the file
+   the output location. Each failure is one :class:`~models.errors.HepscanError` naming the file
    and key or branch; nothing is written.
 2. Partition each file by memory (``step_size``, e.g. ``"100 MB"`` of the branches read), with
    the same entry ranges ``uproot.dask(step_size=...)`` makes (``TTree.num_entries_for``; a
@@ -58,10 +58,10 @@ from typing import Any
 import click
 import numpy as np
 
-from jobs.errors import ConfigError, InputError, OutputError
 from jobs.manifest import MANIFEST_NAME, MANIFEST_VERSION, SPLITS
 from jobs.preprocess_config import PreprocessConfig, load_config, step_size_bytes
 from jobs.preprocess_select import KINDS, Jagged, select
+from models.errors import ConfigError, InputError, OutputError
 
 __all__ = ["preprocess", "preprocess_command", "splitmix64", "split_of"]
 

@@ -45,7 +45,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from jobs.errors import ConfigError
+from models.errors import ConfigError
 
 
 class _Strict(BaseModel):

@@ -57,7 +57,7 @@ from typing import Any
 import click
 import numpy as np
 
-from jobs.errors import ConfigError, OutputError
+from models.errors import ConfigError, OutputError
 
 SAMPLES: tuple[str, ...] = ("zll", "jets", "dijet")
 TREE_NAME = "events"

@@ -71,8 +71,8 @@ import torch
 from torch import Tensor
 
 from jobs.backends import BACKENDS, Comm, make_comm
-from jobs.errors import ConfigError, HepscanError, InputError, OutputError
 from jobs.manifest import MANIFEST_NAME, Manifest, load_manifest, load_split
+from models.errors import ConfigError, HepscanError, InputError, OutputError
 
 log = logging.getLogger(__name__)
 
@@ -1023,7 +1023,7 @@ def train_command(
 
 
 if __name__ == "__main__":
-    from jobs.errors import HepscanError as _E
+    from models.errors import HepscanError as _E
 
     try:
         train_command.main(standalone_mode=False)

@@ -120,8 +120,8 @@ class Family:
 
 
 def manifest_section(manifest: Mapping[str, Any], key: str, family: str) -> Mapping[str, Any]:
-    """``manifest[key]`` as a mapping, or a :class:`jobs.errors.ConfigError` naming the key."""
-    from jobs.errors import ConfigError
+    """``manifest[key]`` as a mapping, or a :class:`models.errors.ConfigError` naming the key."""
+    from models.errors import ConfigError
 
     section = manifest.get(key)
     if not isinstance(section, Mapping) or not section:
@@ -134,7 +134,7 @@ def manifest_section(manifest: Mapping[str, Any], key: str, family: str) -> Mapp
 
 def manifest_features(manifest: Mapping[str, Any], family: str) -> tuple[str, ...]:
     """The ``feat_<name>`` columns, in manifest order; a ConfigError if there are none."""
-    from jobs.errors import ConfigError
+    from models.errors import ConfigError
 
     features = manifest.get("features")
     if not isinstance(features, (list, tuple)) or not features:

@@ -69,7 +69,7 @@ class GANConfig:
 
 def generative_data_spec(manifest: Mapping[str, Any], family: str) -> DataSpec:
     """x = ``generative.condition`` columns, y = ``generative.target`` columns (continuous)."""
-    from jobs.errors import ConfigError
+    from models.errors import ConfigError
 
     gen = manifest_section(manifest, "generative", family)
     cond, target = gen.get("condition"), gen.get("target")

@@ -14,9 +14,9 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from jobs.errors import ConfigError
 from models import flow, gan, resolution, unfold_bins, unfold_migration
 from models.base import Family
+from models.errors import ConfigError
 
 __all__ = ["REGISTRY", "UnknownFamilyError", "get_family", "make_config"]
 

@@ -75,7 +75,7 @@ class ResolutionConfig:
 
 
 def data_spec(manifest: Mapping[str, Any]) -> DataSpec:
-    from jobs.errors import ConfigError
+    from models.errors import ConfigError
 
     res = manifest_section(manifest, "resolution", NAME)
     quantities = res.get("quantities")

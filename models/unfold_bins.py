@@ -85,7 +85,7 @@ def class_target(y: Tensor) -> Tensor:
 
 def unfold_edges(manifest: Mapping[str, Any], family: str) -> tuple[float, ...]:
     """The unfolding bin edges from ``manifest["unfold"]["edges"]``, validated."""
-    from jobs.errors import ConfigError
+    from models.errors import ConfigError
 
     unfold = manifest_section(manifest, "unfold", family)
     edges = unfold.get("edges")

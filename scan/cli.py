@@ -60,7 +60,7 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> Any:
-    from jobs.errors import HepscanError
+    from models.errors import HepscanError
 
     try:
         return cli.main(args=argv, prog_name="hepscan", standalone_mode=False)

@@ -41,7 +41,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from jobs.errors import ConfigError
+from models.errors import ConfigError
 
 # TrainConfig fields a scan may set (fixed or searched); everything else belongs to the model.
 TRAIN_PARAMS = ("batch_size", "lr", "patience", "max_rows", "device", "seed")

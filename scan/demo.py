@@ -82,7 +82,7 @@ def run_demo(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from jobs.errors import HepscanError
+    from models.errors import HepscanError
     from scan.driver import EXIT_INTERRUPTED, ScanInterrupted
 
     ap = argparse.ArgumentParser(prog="python -m scan.demo", description=__doc__.split("\n")[0])

@@ -46,7 +46,7 @@ from typing import Any
 
 import click
 
-from jobs.errors import ConfigError, HepscanError, InputError
+from models.errors import ConfigError, HepscanError, InputError
 from scan.config import ScanConfig, load_scan_config, parse_override
 from scan.report import ScanResult, collect_result
 
@@ -501,7 +501,7 @@ def launch(
 ) -> ScanResult:
     """Validate ``config`` (YAML path, mapping or ScanConfig), run the scan, return its result.
 
-    Raises :class:`jobs.errors.ConfigError` (naming the key) before any trial starts, and
+    Raises :class:`models.errors.ConfigError` (naming the key) before any trial starts, and
     :class:`ScanInterrupted` after SIGTERM/SIGINT (the scan is then resumable).
     """
     extra = dict(overrides or {})

@@ -329,7 +329,7 @@ def build_report(scan_dir: str | Path) -> tuple[ScanResult, str, list[Path]]:
     d = Path(scan_dir).absolute()
     cfg = load_saved_config(d)
     if not (d / TUNE_DIR).exists():
-        from jobs.errors import InputError
+        from models.errors import InputError
 
         raise InputError(f"{d / TUNE_DIR}: the scan has not started any trial yet")
     result = collect_result(cfg, d)

@@ -41,7 +41,7 @@ from typing import Any, Literal
 
 import click
 
-from jobs.errors import ConfigError, HepscanError
+from models.errors import ConfigError, HepscanError
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = {"scan": HERE / "scan.sbatch", "preprocess": HERE / "preprocess.sbatch"}

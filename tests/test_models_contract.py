@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from jobs.errors import ConfigError
 from models import REGISTRY, UnknownFamilyError, get_family, make_config
 from models.base import DataSpec, StepFn, standardisation_vectors
+from models.errors import ConfigError
 
 N_BINS = 6
 N_RES = 8

@@ -10,8 +10,8 @@ import optuna
 import pytest
 import yaml
 
-from jobs.errors import ConfigError
 from jobs.train_synthetic import write_unfold_dataset
+from models.errors import ConfigError
 from scan.config import load_scan_config, parse_override
 from scan.space import DefineByRun, grid_points, is_active, make_sampler, sample_order, to_tune
 

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
-from jobs.errors import ConfigError
 from jobs.train_synthetic import write_unfold_dataset
+from models.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

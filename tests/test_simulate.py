@@ -19,7 +19,6 @@ import pytest
 import uproot
 from scipy.optimize import curve_fit
 
-from jobs.errors import ConfigError, OutputError
 from jobs.simulate import (
     GAMMA_Z,
     M_Z,
@@ -31,6 +30,7 @@ from jobs.simulate import (
     dijet_pdf,
     simulate,
 )
+from models.errors import ConfigError, OutputError
 from scan.cli import main
 
 ZLL_FLAT = {

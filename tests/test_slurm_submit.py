@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.errors import ConfigError
+from models.errors import ConfigError
 from scan.cli import main
 from slurm.submit import JobSpec, render_script, submit, time_to_seconds
 

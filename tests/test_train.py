@@ -13,7 +13,6 @@ import pytest
 import torch
 import yaml
 
-from jobs.errors import ConfigError
 from jobs.train import (
     BEST,
     LAST,
@@ -25,6 +24,7 @@ from jobs.train import (
     train_config_from_dict,
 )
 from jobs.train_synthetic import write_unfold_dataset
+from models.errors import ConfigError
 from scan.cli import main
 
 FAMILY = "unfold_bins"
