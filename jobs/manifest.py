@@ -25,53 +25,22 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from models.errors import ConfigError, InputError
+from models.manifest import MANIFEST_NAME, MANIFEST_VERSION, SPLITS, Manifest
 
-MANIFEST_NAME = "manifest.json"
-SPLITS = ("train", "validation", "test")
-MANIFEST_VERSION = 1
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """What a dataset directory holds; read with :func:`load_manifest`."""
-
-    root: Path
-    sample: str
-    features: list[str]
-    scaler: dict[str, list[float]]
-    splits: dict[str, dict[str, Any]]
-    columns: dict[str, str]
-    unfold: dict[str, Any] | None = None
-    resolution: dict[str, Any] | None = None
-    generative: dict[str, Any] | None = None
-    raw: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    @property
-    def n_features(self) -> int:
-        return len(self.features)
-
-    @property
-    def unfold_edges(self) -> np.ndarray:
-        if self.unfold is None:
-            raise ConfigError(f"{self.root / MANIFEST_NAME}: dataset has no 'unfold' targets")
-        return np.asarray(self.unfold["edges"], dtype=np.float64)
-
-    def rows(self, split: str) -> int:
-        return int(self.splits[split]["rows"])
-
-    def shard_paths(self, split: str) -> list[Path]:
-        if split not in self.splits:
-            raise ConfigError(
-                f"{self.root / MANIFEST_NAME}: no split {split!r} (have {sorted(self.splits)})"
-            )
-        return [self.root / f["path"] for f in self.splits[split]["files"]]
+__all__ = [
+    "MANIFEST_NAME",
+    "MANIFEST_VERSION",
+    "SPLITS",
+    "Manifest",
+    "feature_matrix",
+    "load_manifest",
+    "load_split",
+]
 
 
 def load_manifest(path: str | os.PathLike[str]) -> Manifest:

@@ -1,0 +1,58 @@
+"""The typed dataset manifest: what a preprocessed dataset directory holds.
+
+This is the contract between ``jobs/preprocess`` (the writer) and the training loop, the scan
+and the model families (readers). It lives in the lowest room so that families receive it
+typed; reading and writing ``manifest.json`` is :mod:`jobs.manifest`'s job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.errors import ConfigError
+
+__all__ = ["MANIFEST_NAME", "MANIFEST_VERSION", "SPLITS", "Manifest"]
+
+MANIFEST_NAME = "manifest.json"
+SPLITS = ("train", "validation", "test")
+MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a dataset directory holds; read with :func:`load_manifest`."""
+
+    root: Path
+    sample: str
+    features: list[str]
+    scaler: dict[str, list[float]]
+    splits: dict[str, dict[str, Any]]
+    columns: dict[str, str]
+    unfold: dict[str, Any] | None = None
+    resolution: dict[str, Any] | None = None
+    generative: dict[str, Any] | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def n_features(self) -> int:
+        return len(self.features)
+
+    @property
+    def unfold_edges(self) -> np.ndarray:
+        if self.unfold is None:
+            raise ConfigError(f"{self.root / MANIFEST_NAME}: dataset has no 'unfold' targets")
+        return np.asarray(self.unfold["edges"], dtype=np.float64)
+
+    def rows(self, split: str) -> int:
+        return int(self.splits[split]["rows"])
+
+    def shard_paths(self, split: str) -> list[Path]:
+        if split not in self.splits:
+            raise ConfigError(
+                f"{self.root / MANIFEST_NAME}: no split {split!r} (have {sorted(self.splits)})"
+            )
+        return [self.root / f["path"] for f in self.splits[split]["files"]]
