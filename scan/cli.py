@@ -16,7 +16,7 @@ import click
 SUBCOMMANDS: dict[str, str] = {
     "simulate": "jobs.simulate:simulate_command",
     "preprocess": "jobs.preprocess:preprocess_command",
-    "train": "jobs.train:train_command",
+    "train": "jobs.train.cli:train_command",
     "scan": "scan.driver:scan_command",
     "resume": "scan.driver:resume_command",
     "report": "scan.report:report_command",

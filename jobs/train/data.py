@@ -1,0 +1,184 @@
+"""Resolve and cross-check a TrainConfig against its dataset and family; load a split as arrays.
+
+:func:`prepare` raises (naming the manifest, key or column) before any row is read or any
+process starts; :class:`TrainSession` then loads the rows with ``_load_xy`` and standardises
+them with ``_standardise_stats``/``_apply_stats``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from jobs.manifest import MANIFEST_NAME, Manifest, load_manifest, load_split
+from jobs.train.config import TrainConfig
+from models.errors import ConfigError, InputError
+
+__all__ = ["MODEL_DIM_KEYS", "Prepared", "prepare", "resolve_family"]
+
+MODEL_DIM_KEYS = ("n_bins", "n_classes", "n_inputs", "n_features")
+
+
+def resolve_family(name: str) -> Any:
+    """A registered :class:`models.base.Family`, or ``"pkg.module:ATTR"`` for one defined elsewhere."""
+    if ":" in name:
+        module_name, attr = name.split(":", 1)
+        try:
+            family = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"key 'family': cannot import {name!r} ({exc})") from None
+        return family
+    from models.registry import get_family
+
+    try:
+        return get_family(name)
+    except ConfigError as exc:
+        raise ConfigError(f"key 'family': {exc}") from None
+
+
+@dataclass
+class Prepared:
+    """Everything checked before any data row is read: manifest, family, spec, model config."""
+
+    manifest: Manifest
+    family: Any
+    spec: Any
+    model_config: Any
+
+
+def prepare(config: TrainConfig) -> Prepared:
+    """Resolve and cross-check manifest, family and model config; raises before training starts."""
+    manifest = load_manifest(config.dataset)
+    mpath = manifest.root / MANIFEST_NAME
+    family = resolve_family(config.family)
+    spec = family.data_spec(manifest.raw)
+    wanted = list(dict.fromkeys([*spec.x_columns, *spec.y_columns]))
+    missing = [c for c in wanted if c not in manifest.columns]
+    if missing:
+        raise ConfigError(
+            f"{mpath}: family {config.family!r} needs column(s) {missing} that the dataset "
+            f"lacks (have {sorted(manifest.columns)})"
+        )
+    for split in ("train", "validation"):
+        manifest.shard_paths(split)  # raises naming the split when absent
+    if spec.dims.n_inputs != len(spec.x_columns):
+        raise ConfigError(
+            f"{mpath}: family {config.family!r} expects {spec.dims.n_inputs} input features "
+            f"but its columns {list(spec.x_columns)} give {len(spec.x_columns)}"
+        )
+    # Dimension keys (n_bins, n_inputs, ...) come from the dataset; a config that pins one must
+    # agree with the shards. Families that take them from DataDims do not list them as fields,
+    # so a matching value is accepted and dropped.
+    dims = {
+        "n_inputs": spec.dims.n_inputs,
+        "n_features": spec.dims.n_inputs,
+        "n_bins": spec.dims.n_classes[0] if spec.dims.n_classes else None,
+        "n_classes": spec.dims.n_classes[0] if len(spec.dims.n_classes) == 1 else None,
+    }
+    for key in MODEL_DIM_KEYS:
+        given = config.model.get(key)
+        if given is not None and dims[key] is not None and given != dims[key]:
+            what = "bin edges" if key in ("n_bins", "n_classes") else "features"
+            raise ConfigError(
+                f"key 'model.{key}' is {given!r} but the dataset {mpath} has {dims[key]} "
+                f"(from its {what}); drop the key or preprocess with matching {what}"
+            )
+    field_names = {f.name for f in dataclasses.fields(family.config_cls)}
+    params = {k: v for k, v in config.model.items() if k in field_names or k not in MODEL_DIM_KEYS}
+    unknown = sorted(set(params) - field_names)
+    if unknown:
+        raise ConfigError(
+            f"key 'model': unknown parameter(s) {unknown} for family {config.family!r} "
+            f"(allowed: {', '.join(sorted(field_names))})"
+        )
+    try:
+        model_config = family.config_cls(**params)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"key 'model': invalid parameters for {config.family!r}: {exc}") from None
+    allowed = {"val_loss", "train_loss", *family.metrics}
+    if config.monitor not in allowed and not config.monitor.startswith("train_"):
+        raise ConfigError(
+            f"key 'monitor': {config.monitor!r} is not reported by family {config.family!r} "
+            f"(choose from {', '.join(sorted(allowed))})"
+        )
+    modes = getattr(family, "metric_modes", {}) or {}
+    if modes.get(config.monitor, config.mode) != config.mode:
+        raise ConfigError(
+            f"key 'mode': {config.monitor!r} should be {modes[config.monitor]!r}imised, "
+            f"not {config.mode!r}imised"
+        )
+    return Prepared(manifest, family, spec, model_config)
+
+
+def _load_xy(prep: Prepared, split: str, max_rows: int | None) -> tuple[np.ndarray, np.ndarray]:
+    spec, manifest = prep.spec, prep.manifest
+    cols = list(dict.fromkeys([*spec.x_columns, *spec.y_columns]))
+    data = load_split(manifest, split, cols)
+    n = len(data[cols[0]]) if cols else 0
+    if max_rows is not None:
+        data = {c: v[:max_rows] for c, v in data.items()}
+        n = min(n, max_rows)
+    where = f"{manifest.root / split}"
+    if n == 0:
+        raise InputError(f"{where}: split {split!r} has no rows")
+    x = np.stack([np.asarray(data[c], dtype=np.float64) for c in spec.x_columns], axis=1)
+    bad = [c for i, c in enumerate(spec.x_columns) if not np.isfinite(x[:, i]).all()]
+    if bad:
+        raise InputError(f"{where}: column(s) {bad} hold NaN/inf values")
+    if spec.target_kind == "continuous":
+        y = np.stack([np.asarray(data[c], dtype=np.float64) for c in spec.y_columns], axis=1)
+        bad = [c for i, c in enumerate(spec.y_columns) if not np.isfinite(y[:, i]).all()]
+        if bad:
+            raise InputError(f"{where}: column(s) {bad} hold NaN/inf values")
+    else:
+        y = np.stack([np.asarray(data[c], dtype=np.int64) for c in spec.y_columns], axis=1)
+    if spec.drop_negative_y:
+        keep = (y >= 0).all(axis=1)
+        x, y = x[keep], y[keep]
+        if len(x) == 0:
+            raise InputError(f"{where}: no rows with {list(spec.y_columns)} >= 0")
+    if spec.target_kind != "continuous":
+        n_classes = spec.dims.n_classes
+        for i, c in enumerate(spec.y_columns):
+            k = n_classes[i] if i < len(n_classes) else n_classes[-1]
+            lo, hi = int(y[:, i].min()), int(y[:, i].max())
+            if lo < 0 or hi >= k:
+                raise InputError(
+                    f"{where}: column {c!r} holds class indices {lo}..{hi} but the manifest "
+                    f"{manifest.root / MANIFEST_NAME} gives {k} classes (bins that disagree "
+                    "with the shards: re-run preprocessing)"
+                )
+    return x, y
+
+
+def _standardise_stats(
+    prep: Prepared, x: np.ndarray, y: np.ndarray
+) -> dict[str, tuple[float, float]]:
+    stats = {}
+    for name in prep.spec.standardise:
+        if name in prep.spec.x_columns:
+            v = x[:, prep.spec.x_columns.index(name)]
+        elif name in prep.spec.y_columns and prep.spec.target_kind == "continuous":
+            v = y[:, prep.spec.y_columns.index(name)]
+        else:
+            raise ConfigError(f"family {prep.family.name!r}: cannot standardise column {name!r}")
+        std = float(v.std())
+        stats[name] = (float(v.mean()), std if std > 0 else 1.0)
+    return stats
+
+
+def _apply_stats(
+    prep: Prepared, x: np.ndarray, y: np.ndarray, stats: Mapping[str, tuple[float, float]]
+) -> None:
+    for name, (mean, std) in stats.items():
+        if name in prep.spec.x_columns:
+            i = prep.spec.x_columns.index(name)
+            x[:, i] = (x[:, i] - mean) / std
+        else:
+            i = prep.spec.y_columns.index(name)
+            y[:, i] = (y[:, i] - mean) / std
