@@ -14,7 +14,7 @@ import click
 
 # name -> "module:attribute" of a click.Command
 SUBCOMMANDS: dict[str, str] = {
-    "simulate": "jobs.simulate:simulate_command",
+    "simulate": "jobs.simulate.cli:simulate_command",
     "preprocess": "jobs.preprocess:preprocess_command",
     "train": "jobs.train.cli:train_command",
     "scan": "scan.driver:scan_command",

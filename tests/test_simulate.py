@@ -498,16 +498,15 @@ def test_unknown_sample_and_bad_options(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_failure_leaves_no_partial_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import jobs.simulate as sim
-
-    real = sim._gen_dijet
+    from jobs.simulate import samples
+    from jobs.simulate.dijet import _gen_dijet as real
 
     def failing(rng: np.random.Generator, n: int, cfg: DijetConfig) -> dict[str, np.ndarray]:
         if n == 1251:  # 5001 events in 4 files: only the first file gets 1251
             raise RuntimeError("generator broke")
         return real(rng, n, cfg)
 
-    monkeypatch.setitem(sim._GENERATORS, "dijet", failing)
+    monkeypatch.setitem(samples._GENERATORS, "dijet", failing)
     out = tmp_path / "new"
     with pytest.raises(RuntimeError, match="generator broke"):
         simulate("dijet", 5001, 4, 1, out, workers=2, progress=False)

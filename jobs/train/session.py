@@ -93,9 +93,6 @@ def _atomic_save(obj: Any, path: Path) -> None:
         raise OutputError(f"{path}: cannot write checkpoint ({exc})") from None
 
 
-# --------------------------------------------------------------------------- session
-
-
 class TrainSession:
     """State of one rank: its data slice, model, optimizers, epoch counter, early stopping.
 
