@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from models.errors import ConfigError
+from models.errors import ConfigError, require
 
 BACKENDS = ("single", "horovod", "ddp")
 
@@ -104,7 +104,7 @@ class HorovodComm(Comm):
 
     def __init__(self) -> None:
         super().__init__()
-        import horovod.torch as hvd
+        hvd = require("horovod.torch")
 
         self.hvd = hvd
 

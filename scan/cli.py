@@ -17,10 +17,10 @@ SUBCOMMANDS: dict[str, str] = {
     "simulate": "jobs.simulate.cli:simulate_command",
     "preprocess": "jobs.preprocess:preprocess_command",
     "train": "jobs.train.cli:train_command",
-    "scan": "scan.driver:scan_command",
-    "resume": "scan.driver:resume_command",
-    "report": "scan.report:report_command",
-    "slurm": "slurm.submit:slurm_group",
+    "scan": "scan.commands:scan_command",
+    "resume": "scan.commands:resume_command",
+    "report": "scan.commands:report_command",
+    "slurm": "slurm.cli:slurm_group",
 }
 # Listed by `hepscan --help` without importing the modules (and their engines).
 SUMMARIES: dict[str, str] = {

@@ -35,7 +35,7 @@ def run_demo(
     from jobs.preprocess import preprocess
     from jobs.simulate import simulate
     from scan.driver import launch
-    from tracking.runs import ui_command
+    from tracking.store import ui_command
 
     t0 = time.perf_counter()
     work = Path(workdir).absolute()
@@ -83,7 +83,7 @@ def run_demo(
 
 def main(argv: list[str] | None = None) -> int:
     from models.errors import HepscanError
-    from scan.driver import EXIT_INTERRUPTED, ScanInterrupted
+    from scan.signals import EXIT_INTERRUPTED, ScanInterrupted
 
     ap = argparse.ArgumentParser(prog="python -m scan.demo", description=__doc__.split("\n")[0])
     ap.add_argument("--workdir", default="demo")

@@ -15,15 +15,11 @@
 Ray is started locally (``ray.init()``) unless ``address`` is given (``"auto"`` or
 ``host:port`` of a running cluster, e.g. the one slurm/scan.sbatch starts).
 
-Scan directory layout::
+The scan directory's layout is described in :mod:`scan.state`; the click commands are in
+:mod:`scan.commands`, the MLflow callback in :mod:`scan.callback`.
 
-    SCAN_DIR/scan.json        the validated config (resume reads it back)
-    SCAN_DIR/tune/            Ray Tune experiment: searcher state, trial checkpoints
-    SCAN_DIR/mlflow.db        embedded MLflow store (unless a tracking URI is given)
-    SCAN_DIR/mlartifacts/     its artifacts; SCAN_DIR/tracking.json: trial -> MLflow run
-
-Interruption: SIGTERM or SIGINT makes Tune stop its loop and write the experiment state one
-last time; running trial runs are marked KILLED (``hepscan.stopped_by=interrupt``) and the
+Interruption (:mod:`scan.signals`): SIGTERM or SIGINT makes Tune stop its loop and write the
+experiment state one last time; running trial runs are marked KILLED (``hepscan.stopped_by=interrupt``) and the
 command exits with code 3. ``hepscan resume`` restores the Tuner (searcher state included),
 restarts unfinished trials from their last checkpoint and reopens their MLflow runs, so the scan
 ends with exactly ``num_trials`` trials, one MLflow run each.
@@ -31,12 +27,8 @@ ends with exactly ``num_trials`` trials, one MLflow run each.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
-import signal
-import sys
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -44,189 +36,24 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import click
-
-from models.errors import ConfigError, HepscanError, InputError
-from scan.config import ScanConfig, load_scan_config, parse_override
+from models.errors import ConfigError, InputError, require
+from scan.callback import _TRACKERS, _make_callback, _tracker
+from scan.config import ScanConfig, load_scan_config
 from scan.report import ScanResult, collect_result
+from scan.signals import _INTERRUPT, EXIT_INTERRUPTED, ScanInterrupted, _interruptible
+from scan.state import CONFIG_FILE, TUNE_DIR, load_saved_config, save_config, trial_params
+
+__all__ = [
+    "EXIT_INTERRUPTED",
+    "ScanInterrupted",
+    "check_cluster",
+    "launch",
+    "load_saved_config",
+    "resume",
+    "trial_params",
+]
 
 log = logging.getLogger(__name__)
-
-CONFIG_FILE = "scan.json"
-TUNE_DIR = "tune"
-EXIT_INTERRUPTED = 3
-EXIT_NO_RESULT = 1
-_TRACKERS: dict[str, Any] = {}  # scan_dir -> ScanTracker of this driver process
-
-
-class ScanInterrupted(HepscanError):
-    """The scan was stopped by SIGTERM/SIGINT; it can be resumed with ``hepscan resume``."""
-
-    def __init__(self, scan_dir: Path) -> None:
-        super().__init__(
-            f"scan interrupted; state saved in {scan_dir}; continue with: hepscan resume {scan_dir}"
-        )
-        self.scan_dir = scan_dir
-
-
-# ------------------------------------------------------------------------------ tracking hook
-
-
-def _tracker(scan_dir: str, tracking_uri: str | None, experiment: str) -> Any:
-    t = _TRACKERS.get(scan_dir)
-    if t is None:
-        from tracking.runs import ScanTracker
-
-        t = ScanTracker(scan_dir, tracking_uri=tracking_uri, experiment=experiment)
-        _TRACKERS[scan_dir] = t
-    return t
-
-
-def _numeric(result: Mapping[str, Any]) -> dict[str, float]:
-    skip = {"done", "training_iteration", "trial_id", "date", "hostname", "node_ip", "pid"}
-    out = {}
-    for k, v in result.items():
-        if k in skip or isinstance(v, bool) or not isinstance(v, int | float):
-            continue
-        if k.startswith(("config", "timesteps", "episodes")) or k in ("timestamp",):
-            continue
-        out[k] = float(v)
-    return out
-
-
-def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The searched and fixed hyperparameters of a trial (the scan's static settings dropped)."""
-    from scan.trainable import STATIC_KEY
-
-    static = config.get(STATIC_KEY, {})
-    params = {k: v for k, v in config.items() if k != STATIC_KEY and v is not None}
-    return {**static.get("fixed", {}), **params}
-
-
-def _make_callback(cfg: ScanConfig, scan_dir: Path, tracking_uri: str | None) -> Any:
-    from ray import tune
-
-    class TrackingCallback(tune.Callback):
-        """Mirrors Tune's trial lifecycle into MLflow child runs (driver process only)."""
-
-        def __init__(self) -> None:
-            self.scan_dir = str(scan_dir)
-            self.tracking_uri = tracking_uri
-            self.experiment = cfg.experiment
-            self.max_epochs = cfg.max_epochs
-            self.scheduler = cfg.scheduler.type
-            self.objectives = cfg.metrics
-            self._checkpoints: dict[str, str] = {}
-            self._hosts: dict[str, tuple[str, str]] = {}
-
-        @property
-        def tracker(self) -> Any:
-            return _tracker(self.scan_dir, self.tracking_uri, self.experiment)
-
-        def _start(self, trial: Any) -> None:
-            tags = {"mlflow.runName": f"trial-{trial.trial_id}", "hepscan.trial_name": str(trial)}
-            self.tracker.start_trial(trial.trial_id, trial_params(trial.config), tags)
-
-        def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
-            _forward_interrupt()
-
-        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self._start(trial)
-
-        def on_trial_restore(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self._start(trial)
-
-        def on_trial_result(
-            self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
-        ) -> None:
-            step = int(result.get("training_iteration", 0))
-            self.tracker.log_epoch(trial.trial_id, step, _numeric(result))
-            # Which node ran the trial: on a multi-node allocation this is how a user (and the
-            # SLURM test) sees that the cluster was really used.
-            host = (str(result.get("hostname", "")), str(result.get("node_ip", "")))
-            if host[0] and self._hosts.get(trial.trial_id) != host:
-                self._hosts[trial.trial_id] = host
-                self.tracker.set_trial_tags(
-                    trial.trial_id, {"hepscan.host": host[0], "hepscan.node_ip": host[1]}
-                )
-
-        def on_checkpoint(
-            self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any
-        ) -> None:
-            path = getattr(checkpoint, "path", None)
-            if path and os.path.isdir(path):
-                self._checkpoints[trial.trial_id] = str(path)
-
-        def _artifacts(self, trial: Any) -> None:
-            # Plots and the checkpoint are conveniences: a failure here must not stop the scan.
-            ckpt_dir = self._checkpoints.get(trial.trial_id)
-            if ckpt_dir is None:
-                latest = getattr(trial, "checkpoint", None)
-                ckpt_dir = getattr(latest, "path", None)
-            if not ckpt_dir:
-                return
-            best = Path(ckpt_dir, "best.pt")
-            if not best.exists():
-                best = Path(ckpt_dir, "last.pt")
-            if not best.exists():
-                return
-            try:
-                self.tracker.log_trial_artifacts(trial.trial_id, [best], "checkpoint")
-                import matplotlib.pyplot as plt
-
-                from scan.figures import trial_figures
-
-                for name, fig in trial_figures(best).items():
-                    self.tracker.log_trial_figure(trial.trial_id, fig, name)
-                    plt.close(fig)
-            except Exception as exc:  # noqa: BLE001
-                log.warning("trial %s: artifacts not logged: %s", trial.trial_id, exc)
-
-        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            from scan.trainable import FINISHED_KEY
-            from tracking.runs import TrialStatus
-
-            last = dict(trial.last_result or {})
-            epochs = int(last.get("training_iteration", 0))
-            finished = bool(last.get(FINISHED_KEY)) or epochs >= self.max_epochs
-            self._artifacts(trial)
-            # Final metrics were logged with the last epoch (incl. best_<objective>); logging them
-            # again would duplicate that step in the metric history.
-            if finished:
-                self.tracker.end_trial(trial.trial_id, TrialStatus.FINISHED)
-            else:
-                reason = "asha" if self.scheduler == "asha" else "stopped"
-                self.tracker.end_trial(trial.trial_id, TrialStatus.KILLED, reason=reason)
-
-        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            from tracking.runs import TrialStatus
-
-            reason = _error_text(trial)
-            self._artifacts(trial)
-            self.tracker.end_trial(trial.trial_id, TrialStatus.FAILED, None, reason=reason)
-
-        def __getstate__(self) -> dict[str, Any]:
-            return {k: v for k, v in self.__dict__.items() if k != "_checkpoints"}
-
-        def __setstate__(self, state: dict[str, Any]) -> None:
-            self.__dict__.update(state)
-            self._checkpoints = {}
-
-    return TrackingCallback()
-
-
-def _error_text(trial: Any) -> str:
-    path = getattr(trial, "error_file", None) or ""
-    try:
-        text = Path(path).read_text() if path else ""
-    except OSError:
-        text = ""
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    # The last line of a traceback names the exception; keep it short for the tag.
-    return (lines[-1] if lines else "trial raised an exception")[:500]
-
-
-# ------------------------------------------------------------------------------ engine set-up
 
 
 def _static(cfg: ScanConfig) -> dict[str, Any]:
@@ -257,7 +84,7 @@ def _static(cfg: ScanConfig) -> dict[str, Any]:
 
 def _init_ray(address: str | None, scan_dir: Path, verbose: int = 1) -> bool:
     """Start or join Ray; True if this call started it (and should shut it down)."""
-    import ray
+    ray = require("ray")
 
     if ray.is_initialized():
         return False
@@ -284,7 +111,7 @@ def _init_ray(address: str | None, scan_dir: Path, verbose: int = 1) -> bool:
 
 def check_cluster(cfg: ScanConfig, where: str = "scan config") -> None:
     """A trial's resources must fit the running Ray cluster (checked before any trial starts)."""
-    import ray
+    ray = require("ray")
 
     have = ray.cluster_resources()
     res = cfg.resources
@@ -306,7 +133,7 @@ def check_cluster(cfg: ScanConfig, where: str = "scan config") -> None:
         )
     if cfg.backend == "horovod" and res.workers > 1:
         try:
-            import horovod.torch  # noqa: F401
+            require("horovod.torch")
         except ImportError as exc:
             raise ConfigError(
                 f"{where}: backend: horovod is not importable ({exc}); install it "
@@ -330,7 +157,7 @@ def _check_dataset(cfg: ScanConfig) -> None:
 
 
 def _trainable(cfg: ScanConfig) -> Any:
-    from ray import tune
+    tune = require("ray.tune")
 
     from scan.trainable import ScanTrainable, trial_resources
 
@@ -341,12 +168,13 @@ def _trainable(cfg: ScanConfig) -> Any:
 
 
 def _tuner(cfg: ScanConfig, scan_dir: Path, tracking_uri: str | None, verbose: int) -> Any:
-    from ray import tune
+    tune = require("ray.tune")
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
     from scan.space import DefineByRun, make_sampler
-    from scan.trainable import STATIC_KEY, trial_dirname
+    from scan.state import STATIC_KEY
+    from scan.trainable import trial_dirname
 
     multi = cfg.multi_objective
     searcher = OptunaSearch(
@@ -400,65 +228,11 @@ def _tuner(cfg: ScanConfig, scan_dir: Path, tracking_uri: str | None, verbose: i
     )
 
 
-# ------------------------------------------------------------------------------ signals
-
-
-_INTERRUPT = {"requested": False, "forwarded": False}
-
-
-def _forward_interrupt() -> None:
-    """Hand a pending SIGTERM/SIGINT to Tune once its loop runs (Tune handles SIGUSR1 there:
-    stop, save the experiment state, return from fit)."""
-    if _INTERRUPT["requested"] and not _INTERRUPT["forwarded"]:
-        handler = signal.getsignal(signal.SIGUSR1)
-        if callable(handler) and handler is not _ignore:
-            _INTERRUPT["forwarded"] = True
-            signal.raise_signal(signal.SIGUSR1)
-
-
-def _ignore(signum: int, frame: Any) -> None:
-    """SIGUSR1 placeholder until Tune installs its handler (the default action would kill us)."""
-
-
-@contextmanager
-def _interruptible() -> Iterator[dict[str, bool]]:
-    """SIGTERM/SIGINT -> Tune's graceful stop; a second signal raises KeyboardInterrupt."""
-    _INTERRUPT.update(requested=False, forwarded=False)
-    sigs = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
-    old = {s: signal.getsignal(s) for s in sigs}
-
-    def handler(signum: int, frame: Any) -> None:
-        if _INTERRUPT["requested"]:
-            raise KeyboardInterrupt
-        _INTERRUPT["requested"] = True
-        log.warning("signal %d: stopping the scan after saving its state", signum)
-        _forward_interrupt()  # now if Tune's loop runs, else at its next step (callback)
-
-    # Tune would install its own SIGINT handler (graceful once, then the previous one); ours
-    # routes SIGINT and SIGTERM the same way, through SIGUSR1 which Tune always handles.
-    prev_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGUSR1, _ignore)
-    state = {"interrupted": False}
-    try:
-        yield state
-    finally:
-        state["interrupted"] = _INTERRUPT["requested"]
-        for s, h in old.items():
-            signal.signal(s, h)
-        if prev_env is None:
-            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
-        else:
-            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = prev_env
-
-
 @contextmanager
 def _quiet_optuna() -> Iterator[None]:
     # Optuna flags multivariate/grouped TPE as experimental; that is a choice made here, not an
     # error (pytest runs with warnings as errors).
-    import optuna
+    optuna = require("optuna")
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -466,28 +240,8 @@ def _quiet_optuna() -> Iterator[None]:
         yield
 
 
-# ------------------------------------------------------------------------------ launch / resume
-
-
 def _default_scan_dir(cfg: ScanConfig) -> Path:
     return Path("scans", f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}").absolute()
-
-
-def _save_config(cfg: ScanConfig, scan_dir: Path) -> None:
-    scan_dir.mkdir(parents=True, exist_ok=True)
-    tmp = scan_dir / f".{CONFIG_FILE}.tmp"
-    tmp.write_text(json.dumps(cfg.to_dict(), indent=2))
-    os.replace(tmp, scan_dir / CONFIG_FILE)
-
-
-def load_saved_config(scan_dir: str | os.PathLike[str]) -> ScanConfig:
-    d = Path(scan_dir)
-    path = d / CONFIG_FILE
-    if not path.exists():
-        raise InputError(
-            f"{path}: not a scan directory (no {CONFIG_FILE}; start with hepscan scan)"
-        )
-    return load_scan_config(json.loads(path.read_text()), check_registry=True)
 
 
 def launch(
@@ -543,9 +297,9 @@ def resume(
 def _run(
     cfg: ScanConfig, scan_dir: Path, *, address: str | None, restore: bool, verbose: int
 ) -> ScanResult:
-    from ray import tune
+    from tracking.store import TrialStatus
 
-    from tracking.runs import TrialStatus
+    tune = require("ray.tune")
 
     # Snapshots after every checkpoint are wanted here (resume consistency); Tune warns about them.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -554,7 +308,7 @@ def _run(
     key = str(scan_dir)
     try:
         check_cluster(cfg)
-        _save_config(cfg, scan_dir)
+        save_config(cfg, scan_dir)
         tracker = _tracker(key, cfg.tracking_uri, cfg.experiment)
         tracker.start_scan(
             cfg.name,
@@ -605,76 +359,3 @@ def _run(
             import ray
 
             ray.shutdown()
-
-
-# ------------------------------------------------------------------------------ CLI
-
-
-def _print_result(result: ScanResult) -> None:
-    from tracking.runs import ui_command
-
-    click.echo(result.table())
-    click.echo("")
-    click.echo(f"best trial: {result.best_trial_id}  {result.best_metrics}")
-    click.echo(f"best config: {json.dumps(result.best_config, default=str)}")
-    click.echo(f"MLflow parent run: {result.parent_run_id}")
-    click.echo(f"review: {ui_command(result.tracking_uri)}")
-
-
-def _finish(result: ScanResult) -> None:
-    """Print the result; a scan with nothing to show must not look like a success to sbatch."""
-    _print_result(result)
-    if result.best_trial_id is None:
-        click.echo(
-            f"hepscan: no trial reported the objective (every trial failed); their errors are "
-            f"in {result.scan_dir / TUNE_DIR}/trial_*/error.txt",
-            err=True,
-        )
-        sys.exit(EXIT_NO_RESULT)
-
-
-@click.command("scan")
-@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="override a config key")
-@click.option("--scan-dir", default=None, help="where the scan keeps its state")
-@click.option("--address", default=None, help="Ray cluster address (default: start Ray locally)")
-@click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite in dir)")
-def scan_command(
-    config_path: str,
-    sets: tuple[str, ...],
-    scan_dir: str | None,
-    address: str | None,
-    tracking_uri: str | None,
-) -> None:
-    """Run a hyperparameter scan from a YAML scan config."""
-    overrides = dict(parse_override(s) for s in sets)
-    try:
-        result = launch(
-            config_path,
-            overrides,
-            scan_dir=scan_dir,
-            address=address,
-            tracking_uri=tracking_uri,
-        )
-    except ScanInterrupted as exc:
-        click.echo(f"hepscan: {exc}", err=True)
-        sys.exit(EXIT_INTERRUPTED)
-    _finish(result)
-
-
-@click.command("resume")
-@click.argument("scan_dir", metavar="DIR", type=click.Path(file_okay=False))
-@click.option("--address", default=None, help="Ray cluster address (default: start Ray locally)")
-@click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: the scan's)")
-def resume_command(scan_dir: str, address: str | None, tracking_uri: str | None) -> None:
-    """Continue an interrupted scan."""
-    try:
-        result = resume(scan_dir, address=address, tracking_uri=tracking_uri)
-    except ScanInterrupted as exc:
-        click.echo(f"hepscan: {exc}", err=True)
-        sys.exit(EXIT_INTERRUPTED)
-    _finish(result)
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, int | float) and math.isfinite(x)

@@ -4,6 +4,8 @@
 
     hepscan report scans/zll            # table, best trial, importances, PNGs in scans/zll/report/
 
+(the command is in :mod:`scan.commands`)
+
 Everything is read back from the scan directory (Tune's experiment state and per-trial results),
 so a report works while a scan is interrupted, and without Ray running. Parameter importances
 come from Optuna (``optuna.importance.get_param_importances``, fANOVA) on a study rebuilt from
@@ -19,14 +21,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import click
+from models.errors import require
+from scan.state import (
+    TUNE_DIR,
+    load_saved_config,
+    tracking_mapping,
+    tracking_state,
+    tracking_uri_of,
+    trial_finished,
+    trial_params,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from scan.config import ScanConfig
-
-TUNE_DIR = "tune"
 
 
 @dataclass
@@ -99,11 +108,7 @@ def _status(trial: Any, max_epochs: int) -> str:
     if trial.status == "ERROR":
         return "FAILED"
     if trial.status == "TERMINATED":
-        from scan.trainable import FINISHED_KEY
-
-        epochs = int(last.get("training_iteration", 0) or 0)
-        done = bool(last.get(FINISHED_KEY)) or epochs >= max_epochs
-        return "FINISHED" if done else "KILLED"
+        return "FINISHED" if trial_finished(last, max_epochs) else "KILLED"
     return str(trial.status)  # RUNNING / PENDING / PAUSED: an interrupted scan
 
 
@@ -116,13 +121,10 @@ def collect_result(
 ) -> ScanResult:
     """Build the :class:`ScanResult` of ``scan_dir`` from Tune's saved experiment state."""
     import pandas as pd
-    from ray.tune import ExperimentAnalysis
-
-    from scan.driver import trial_params
 
     d = Path(scan_dir)
-    analysis = ExperimentAnalysis(str(d / TUNE_DIR))
-    mapping = _tracking_mapping(d)
+    analysis = require("ray.tune").ExperimentAnalysis(str(d / TUNE_DIR))
+    mapping = tracking_mapping(d)
     objectives: list[tuple[str, str]] = [(o.metric, str(o.mode)) for o in cfg.objective_list]
     rows = []
     for trial in analysis.trials:
@@ -154,9 +156,9 @@ def collect_result(
         best_config={},
         best_metrics={},
         trials=trials,
-        parent_run_id=parent_run_id or _tracking_state(d).get("parent_run_id"),
+        parent_run_id=parent_run_id or tracking_state(d).get("parent_run_id"),
         scan_dir=d,
-        tracking_uri=str(_tracking_state(d).get("tracking_uri") or _default_uri(d)),
+        tracking_uri=tracking_uri_of(d),
         objectives=objectives,
         param_names=params,
     )
@@ -182,29 +184,12 @@ def _isnan(v: Any) -> bool:
     return isinstance(v, float) and math.isnan(v)
 
 
-def _default_uri(d: Path) -> str:
-    return f"sqlite:///{d.resolve() / 'mlflow.db'}"
-
-
-def _tracking_state(d: Path) -> dict[str, Any]:
-    p = d / "tracking.json"
-    try:
-        data = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _tracking_mapping(d: Path) -> dict[str, str]:
-    return dict(_tracking_state(d).get("trials", {}) or {})
-
-
 # ------------------------------------------------------------------------------ importances
 
 
 def param_importances(result: ScanResult, cfg: ScanConfig) -> dict[str, dict[str, float]]:
     """Optuna fANOVA importances per objective, from a study rebuilt from ``result.trials``."""
-    import optuna
+    optuna = require("optuna")
 
     from scan.space import optuna_distributions
 
@@ -323,8 +308,7 @@ def _save(fig: Any, path: Path) -> Path:
 
 def build_report(scan_dir: str | Path) -> tuple[ScanResult, str, list[Path]]:
     """(result, text, plot paths) of a scan directory."""
-    from scan.driver import load_saved_config
-    from tracking.runs import ui_command
+    from tracking.store import ui_command
 
     d = Path(scan_dir).absolute()
     cfg = load_saved_config(d)
@@ -354,11 +338,3 @@ def build_report(scan_dir: str | Path) -> tuple[ScanResult, str, list[Path]]:
     lines.append(f"MLflow parent run: {result.parent_run_id}")
     lines.append(f"review: {ui_command(result.tracking_uri)}")
     return result, "\n".join(lines), plots
-
-
-@click.command("report")
-@click.argument("scan_dir", metavar="DIR", type=click.Path(file_okay=False, exists=True))
-def report_command(scan_dir: str) -> None:
-    """Summarise a scan: trials, best trial, parameter importances, plots."""
-    _, text, _ = build_report(scan_dir)
-    click.echo(text)

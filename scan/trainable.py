@@ -31,14 +31,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ray import tune
+from models.errors import require
+from scan.state import FINISHED_KEY, STATIC_KEY
 
-STATIC_KEY = "_static"  # param_space key holding the scan's fixed settings (not a hyperparameter)
+require("ray.tune")  # an EngineMissingError naming the extra, rather than a bare ImportError
+from ray import tune  # noqa: E402
+
 CKPT_FILES = ("last.pt", "best.pt")
 STATE_FILE = "trainable.json"
-# Result key set on the epoch where training itself ended (epochs exhausted or early stopping);
-# Tune also sets "done" when its scheduler stops a trial, so "done" alone cannot tell them apart.
-FINISHED_KEY = "trial_finished"
 
 
 def trial_resources(workers: int, cpus_per_worker: float, gpus_per_worker: float) -> Any:
@@ -180,7 +180,7 @@ class _LocalGroup:
 
 class _HorovodGroup:
     def __init__(self, workers: int, cpus: float, gpus: float) -> None:
-        from horovod.ray import RayExecutor
+        RayExecutor = require("horovod.ray").RayExecutor
 
         settings = RayExecutor.create_settings(timeout_s=60)
         self.executor = RayExecutor(

@@ -68,7 +68,7 @@ def scan_cfg(dataset: Path, **over: Any) -> dict[str, Any]:
 
 
 def mlflow_runs(scan_dir: Path) -> tuple[Any, Any, list[Any]]:
-    from tracking.runs import _client
+    from tracking.store import _client
 
     state = json.loads((scan_dir / "tracking.json").read_text())
     client = _client(state["tracking_uri"])

@@ -151,3 +151,27 @@ def test_missing_config_is_a_clear_error(
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert f"hepscan: error: config file not found: {missing}" in err
+
+
+def test_default_run_dir_lies_next_to_the_results_not_in_the_checkout(
+    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    scan = submit(
+        JobSpec(config=config, cpus_per_node=1, time="10", scan_dir=tmp_path / "scans" / "zll"),
+        dry_run=True,
+    )
+    assert scan.run_dir.parent == tmp_path / "scans" / "hepscan-slurm"
+    assert scan.run_dir.name.startswith("hepscan-scan-scan-")
+    assert scan.scan_dir == tmp_path / "scans" / "zll"
+    prep = submit(
+        JobSpec(config=config, kind="preprocess", out=tmp_path / "data" / "zll", cpus_per_node=1,
+                time="10"),
+        dry_run=True,
+    )  # fmt: skip
+    assert prep.run_dir.parent == tmp_path / "data" / "hepscan-slurm"
+    bare = submit(JobSpec(config=config, cpus_per_node=1, time="10"), dry_run=True)
+    assert bare.run_dir.parent == tmp_path / "hepscan-slurm"
+    assert bare.scan_dir == bare.run_dir / "scan"
+    # the fallback inside a checkout is ignored by git
+    assert "/hepscan-slurm/" in (ROOT / ".gitignore").read_text().splitlines()

@@ -344,7 +344,7 @@ def test_plots_write_pngs(tmp_path: Path) -> None:
 
 
 def test_retry_waits_out_sqlite_lock() -> None:
-    from tracking import runs
+    from tracking import store
 
     calls: list[int] = []
 
@@ -354,11 +354,11 @@ def test_retry_waits_out_sqlite_lock() -> None:
             raise RuntimeError("(sqlite3.OperationalError) database is locked")
         return x * 2
 
-    assert runs._retry(flaky, 21) == 42
+    assert store._retry(flaky, 21) == 42
     assert len(calls) == 3
 
     def broken() -> None:
         raise RuntimeError("no such table: runs")
 
     with pytest.raises(RuntimeError, match="no such table"):
-        runs._retry(broken)
+        store._retry(broken)

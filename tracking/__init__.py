@@ -23,10 +23,10 @@ __all__ = [
 
 _WHERE = {
     "ScanTracker": "tracking.runs",
-    "TrialStatus": "tracking.runs",
-    "default_tracking_uri": "tracking.runs",
-    "runs_of_scan": "tracking.runs",
-    "ui_command": "tracking.runs",
+    "TrialStatus": "tracking.store",
+    "default_tracking_uri": "tracking.store",
+    "runs_of_scan": "tracking.store",
+    "ui_command": "tracking.store",
     "plot_generated": "tracking.plots",
     "plot_resolution": "tracking.plots",
     "plot_unfolded": "tracking.plots",
@@ -36,13 +36,8 @@ _WHERE = {
 
 if TYPE_CHECKING:
     from tracking.plots import plot_generated, plot_resolution, plot_unfolded, ratio, save_png
-    from tracking.runs import (
-        ScanTracker,
-        TrialStatus,
-        default_tracking_uri,
-        runs_of_scan,
-        ui_command,
-    )
+    from tracking.runs import ScanTracker
+    from tracking.store import TrialStatus, default_tracking_uri, runs_of_scan, ui_command
 
 
 def __getattr__(name: str) -> Any:

@@ -8,14 +8,6 @@ cannot nest runs and does not survive a restore.
 
 The run-id mapping (parent run + one run per trial id) is kept in ``<scan_dir>/tracking.json``
 and written atomically, so a resumed scan reuses its runs instead of creating duplicates.
-
-Tracking store: by default ``sqlite:///<scan_dir>/mlflow.db`` with artifacts under
-``<scan_dir>/mlartifacts``; review it with::
-
-    mlflow ui --backend-store-uri sqlite:///<scan_dir>/mlflow.db --port 5000
-
-or pass ``tracking_uri="http://host:5000"`` for a shared ``mlflow server``.
-
 Driver sequence::
 
     tracker = ScanTracker(scan_dir)                         # or tracking_uri=...
@@ -27,210 +19,63 @@ Driver sequence::
     tracker.end_trial(trial_id, TrialStatus.FINISHED, final_metrics)  # on_trial_complete
     tracker.close_dangling(TrialStatus.KILLED, "interrupt")            # SIGTERM/SIGINT handler
     tracker.end_scan(TrialStatus.FINISHED, summary)
+
+The store, its URI and the retried client are in :mod:`tracking.store`; the low-level writes in
+:mod:`tracking.writer`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 import os
-import shutil
 import socket
-import subprocess
-import tempfile
 import threading
 import time
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from enum import Enum
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
+
+from tracking.store import (
+    MAPPING_FILE,
+    PARENT_TAG,
+    TAG_END_REASON,
+    TAG_ERROR,
+    TAG_KIND,
+    TAG_SCAN_DIR,
+    TAG_STOPPED_BY,
+    TAG_TRIAL_ID,
+    TrialStatus,
+    _git_sha,
+    _hepscan_version,
+    _json,
+    _quote,
+    _retry,
+    _tag_value,
+    _write_json_atomic,
+    default_tracking_uri,
+    flatten,
+    runs_of_scan,
+    ui_command,
+)
+from tracking.writer import RunWriter
 
 if TYPE_CHECKING:
-    import pandas as pd
     from matplotlib.figure import Figure
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
 __all__ = [
+    "MAPPING_FILE",
     "ScanTracker",
     "TrialStatus",
     "default_tracking_uri",
+    "flatten",
     "runs_of_scan",
     "ui_command",
 ]
 
-T = TypeVar("T")
 
-MAPPING_FILE = "tracking.json"
-TAG_TRIAL_ID = "trial_id"
-TAG_SCAN_DIR = "hepscan.scan_dir"
-TAG_KIND = "hepscan.kind"  # "scan" on the parent, "trial" on children
-TAG_STOPPED_BY = "hepscan.stopped_by"
-TAG_ERROR = "hepscan.error"
-TAG_END_REASON = "hepscan.end_reason"
-TAG_NONFINITE = "hepscan.nonfinite."
-PARENT_TAG = "mlflow.parentRunId"
-# Without it the MLflow 3 UI opens an experiment on its GenAI trace overview, not the runs table.
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-EXPERIMENT_KIND = "custom_model_development"
-
-# MLflow rejects longer values (params: 6000 chars, tags: 8000) and larger batches.
-_MAX_PARAM_LEN = 6000
-_MAX_TAG_LEN = 8000
-_MAX_PARAMS_PER_BATCH = 100
-_MAX_METRICS_PER_BATCH = 1000
-_LOCK_RETRY_S = 60.0
-
-
-class TrialStatus(str, Enum):
-    """Terminal MLflow run statuses used by hepscan."""
-
-    FINISHED = "FINISHED"
-    FAILED = "FAILED"
-    KILLED = "KILLED"
-
-
-def default_tracking_uri(scan_dir: str | Path) -> str:
-    """The embedded store of a scan: a sqlite file inside the scan directory."""
-    return f"sqlite:///{Path(scan_dir).resolve() / 'mlflow.db'}"
-
-
-def ui_command(tracking_uri: str, port: int = 5000) -> str:
-    """The exact command to review a scan's runs in the MLflow UI."""
-    if tracking_uri.startswith(("http://", "https://")):
-        return f"open {tracking_uri}"
-    return f"mlflow ui --backend-store-uri {tracking_uri} --port {port}"
-
-
-def _client(tracking_uri: str) -> MlflowClient:
-    # mlflow's sqlalchemy store triggers a SQLAlchemy 2.1 deprecation warning at import time;
-    # it is mlflow's, not ours, and must not turn into an error under `-W error`.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"The ``noload`` loader strategy is deprecated")
-        if tracking_uri.startswith("sqlite:"):
-            import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
-        from mlflow import MlflowClient
-
-        return MlflowClient(tracking_uri=tracking_uri)
-
-
-def _is_locked(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return "database is locked" in text or "database table is locked" in text
-
-
-def _retry(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Call ``fn`` and retry with backoff while sqlite reports a lock (another writer, the UI)."""
-    deadline = time.monotonic() + _LOCK_RETRY_S
-    delay = 0.05
-    while True:
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:
-            if not _is_locked(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
-
-
-def flatten(d: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
-    """Nested mappings to one level with dotted keys; lists stay values (rendered as JSON)."""
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        full = f"{prefix}{sep}{key}" if prefix else str(key)
-        if isinstance(value, Mapping):
-            out.update(flatten(value, full, sep))
-        else:
-            out[full] = value
-    return out
-
-
-def _param_value(value: Any) -> str:
-    if isinstance(value, str):
-        text = value
-    elif isinstance(value, Enum):
-        text = str(value.value)
-    elif isinstance(value, (list, tuple, dict)):
-        text = json.dumps(value, default=str, sort_keys=True)
-    else:
-        text = str(value)
-    return text if len(text) <= _MAX_PARAM_LEN else text[: _MAX_PARAM_LEN - 3] + "..."
-
-
-def _tag_value(value: Any) -> str:
-    text = str(value)
-    return text if len(text) <= _MAX_TAG_LEN else text[: _MAX_TAG_LEN - 3] + "..."
-
-
-def _json(data: Any) -> str:
-    return json.dumps(data, default=str, indent=2, sort_keys=True)
-
-
-def _quote(value: str) -> str | None:
-    """A string literal for an MLflow search filter; None when the value holds both quote
-    characters (the filter syntax has no escapes), and the caller must compare in Python."""
-    if "'" not in value:
-        return f"'{value}'"
-    if '"' not in value:
-        return f'"{value}"'
-    return None
-
-
-def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
-def _git_sha() -> str | None:
-    here = Path(__file__).resolve().parent
-    for cwd in (here, Path.cwd()):
-        try:
-            out = subprocess.run(
-                ["git", "rev-parse", "HEAD"],
-                cwd=cwd,
-                capture_output=True,
-                text=True,
-                timeout=5,
-                check=False,
-            )
-        except (OSError, subprocess.SubprocessError):
-            continue
-        if out.returncode == 0 and out.stdout.strip():
-            return out.stdout.strip()
-    return None
-
-
-def _hepscan_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("hepscan")
-    except PackageNotFoundError:
-        return "unknown"
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-class ScanTracker:
+class ScanTracker(RunWriter):
     """Writes one scan's parent run and its nested trial runs to MLflow.
 
     Thread-safe (one lock around the client) and resume-safe: construct it again on the same
@@ -279,21 +124,9 @@ class ScanTracker:
         _write_json_atomic(self._mapping_path, self._state)
 
     @property
-    def client(self) -> MlflowClient:
-        if self._client_obj is None:
-            self._client_obj = _client(self.tracking_uri)
-        return self._client_obj
-
-    @property
     def parent_run_id(self) -> str | None:
         value = self._state.get("parent_run_id")
         return str(value) if value else None
-
-    @property
-    def experiment_id(self) -> str:
-        if self._experiment_id is None:
-            self._experiment_id = self._ensure_experiment()
-        return self._experiment_id
 
     def trial_run_id(self, trial_id: str) -> str | None:
         """The MLflow run id of a trial, if one was started."""
@@ -303,123 +136,6 @@ class ScanTracker:
     @property
     def trial_run_ids(self) -> dict[str, str]:
         return dict(self._state.get("trials", {}))
-
-    def _ensure_experiment(self) -> str:
-        exp = _retry(self.client.get_experiment_by_name, self.experiment_name)
-        if exp is not None:
-            if exp.lifecycle_stage == "deleted":
-                _retry(self.client.restore_experiment, exp.experiment_id)
-            if EXPERIMENT_KIND_TAG not in exp.tags:
-                _retry(
-                    self.client.set_experiment_tag,
-                    exp.experiment_id,
-                    EXPERIMENT_KIND_TAG,
-                    EXPERIMENT_KIND,
-                )
-            return str(exp.experiment_id)
-        # Artifacts live next to the embedded store; a remote server chooses its own location.
-        location: str | None = None
-        if not self.tracking_uri.startswith(("http://", "https://", "databricks")):
-            location = self.artifact_location
-        try:
-            return str(
-                _retry(
-                    self.client.create_experiment,
-                    self.experiment_name,
-                    artifact_location=location,
-                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
-                )
-            )
-        except Exception:
-            # Another driver created it between the lookup and the create.
-            exp = _retry(self.client.get_experiment_by_name, self.experiment_name)
-            if exp is None:
-                raise
-            return str(exp.experiment_id)
-
-    def _get_run(self, run_id: str | None) -> Run | None:
-        if not run_id:
-            return None
-        try:
-            run = _retry(self.client.get_run, run_id)
-        except Exception as exc:
-            if _is_locked(exc):
-                raise
-            return None
-        if run.info.lifecycle_stage == "deleted":
-            return None
-        return run
-
-    def _search(self, filter_string: str) -> list[Run]:
-        runs: list[Run] = []
-        token: str | None = None
-        while True:
-            page = _retry(
-                self.client.search_runs,
-                [self.experiment_id],
-                filter_string=filter_string,
-                max_results=1000,
-                page_token=token,
-            )
-            runs.extend(page)
-            token = page.token
-            if not token:
-                return runs
-
-    # ---------------------------------------------------------------- writing helpers
-    def _log_params(
-        self, run_id: str, params: Mapping[str, Any], existing: Mapping[str, str]
-    ) -> None:
-        from mlflow.entities import Param
-
-        # MLflow params are immutable: on resume only keys not yet logged are written.
-        items = [
-            Param(str(k), _param_value(v))
-            for k, v in flatten(params).items()
-            if str(k) not in existing
-        ]
-        for chunk in _chunks(items, _MAX_PARAMS_PER_BATCH):
-            _retry(self.client.log_batch, run_id, params=chunk)
-
-    def _set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
-        from mlflow.entities import RunTag
-
-        items = [RunTag(str(k), _tag_value(v)) for k, v in tags.items() if v is not None]
-        for chunk in _chunks(items, _MAX_PARAMS_PER_BATCH):
-            _retry(self.client.log_batch, run_id, tags=chunk)
-
-    def _log_metrics(self, run_id: str, metrics: Mapping[str, Any], step: int) -> list[str]:
-        """Log finite numeric metrics; returns the keys skipped as non-finite."""
-        from mlflow.entities import Metric
-
-        ts = _now_ms()
-        good: list[Metric] = []
-        bad: list[str] = []
-        for key, value in metrics.items():
-            try:
-                number = float(value)
-            except (TypeError, ValueError):
-                continue
-            if math.isfinite(number):
-                good.append(Metric(str(key), number, ts, int(step)))
-            else:
-                bad.append(str(key))
-        for chunk in _chunks(good, _MAX_METRICS_PER_BATCH):
-            _retry(self.client.log_batch, run_id, metrics=chunk)
-        if bad:
-            # NaN/inf break the UI's charts; record where they happened instead.
-            self._set_tags(run_id, {f"{TAG_NONFINITE}{k}": f"step {step}" for k in bad})
-        return bad
-
-    def _delete_tags(self, run: Run, keys: Iterable[str]) -> None:
-        for key in keys:
-            if key in run.data.tags:
-                _retry(self.client.delete_tag, run.info.run_id, key)
-
-    def _reopen(self, run: Run) -> None:
-        if run.info.status != "RUNNING":
-            _retry(self.client.update_run, run.info.run_id, status="RUNNING")
-        self._delete_tags(run, (TAG_STOPPED_BY, TAG_ERROR, TAG_END_REASON))
 
     # ---------------------------------------------------------------- scan
     def start_scan(
@@ -514,32 +230,6 @@ class ScanTracker:
         """Store a Figure or PNG as ``plots/<name>.png`` of the parent run."""
         with self._lock:
             self._log_figure(self._require_parent(), fig_or_png_path, name)
-
-    def _log_paths(
-        self, run_id: str, paths: Iterable[str | Path], artifact_path: str | None
-    ) -> None:
-        for p in paths:
-            path = Path(p)
-            if path.is_dir():
-                sub = f"{artifact_path}/{path.name}" if artifact_path else path.name
-                _retry(self.client.log_artifacts, run_id, str(path), sub)
-            elif path.is_file():
-                _retry(self.client.log_artifact, run_id, str(path), artifact_path)
-            else:
-                raise FileNotFoundError(f"ScanTracker: artifact {path} does not exist")
-
-    def _log_figure(self, run_id: str, fig_or_png_path: Figure | str | Path, name: str) -> None:
-        stem = name[:-4] if name.endswith(".png") else name
-        with tempfile.TemporaryDirectory() as tmp:
-            dst = Path(tmp) / f"{stem}.png"
-            if isinstance(fig_or_png_path, (str, Path)):
-                src = Path(fig_or_png_path)
-                if not src.is_file():
-                    raise FileNotFoundError(f"ScanTracker: figure {src} does not exist")
-                shutil.copyfile(src, dst)
-            else:
-                fig_or_png_path.savefig(dst, format="png", dpi=100)
-            self._log_paths(run_id, [dst], "plots")
 
     def _require_parent(self) -> str:
         run_id = self.parent_run_id
@@ -722,59 +412,3 @@ class ScanTracker:
                     self._mark(run.info.run_id, status, reason)
                     n += 1
             return n
-
-
-def _runs_to_frame(runs: list[Run]) -> pd.DataFrame:
-    import pandas as pd
-
-    rows = []
-    for run in runs:
-        row: dict[str, Any] = {
-            "run_id": run.info.run_id,
-            "experiment_id": run.info.experiment_id,
-            "status": run.info.status,
-            "artifact_uri": run.info.artifact_uri,
-            "start_time": pd.to_datetime(run.info.start_time, unit="ms", utc=True),
-            "end_time": (
-                pd.to_datetime(run.info.end_time, unit="ms", utc=True)
-                if run.info.end_time
-                else pd.NaT
-            ),
-            "run_name": run.info.run_name,
-        }
-        row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
-        row.update({f"params.{k}": v for k, v in run.data.params.items()})
-        row.update({f"tags.{k}": v for k, v in run.data.tags.items()})
-        rows.append(row)
-    columns = [
-        "run_id",
-        "experiment_id",
-        "status",
-        "artifact_uri",
-        "start_time",
-        "end_time",
-        "run_name",
-    ]
-    return pd.DataFrame(rows, columns=None if rows else columns)
-
-
-def runs_of_scan(tracking_uri: str, parent_run_id: str) -> pd.DataFrame:
-    """All child runs of a scan, one row each, with the columns of ``mlflow.search_runs``
-    (``run_id``, ``status``, ``metrics.*``, ``params.*``, ``tags.*``)."""
-    client = _client(tracking_uri)
-    parent = _retry(client.get_run, parent_run_id)
-    runs: list[Run] = []
-    token: str | None = None
-    while True:
-        page = _retry(
-            client.search_runs,
-            [parent.info.experiment_id],
-            filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
-            max_results=1000,
-            page_token=token,
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            break
-    return _runs_to_frame(runs)

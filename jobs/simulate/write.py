@@ -24,7 +24,7 @@ from jobs.simulate.common import (
     ArrayDict,
 )
 from jobs.simulate.samples import _GENERATORS, SampleConfig, sample_config
-from models.errors import ConfigError, OutputError
+from models.errors import ConfigError, OutputError, require
 
 __all__ = ["simulate"]
 
@@ -50,7 +50,7 @@ def _to_tree_arrays(chunk: ArrayDict) -> dict[str, Any]:
     """Groups ``nlep`` + ``lep_*`` into one record of lists so uproot writes one counter."""
     if "nlep" not in chunk:
         return dict(chunk)
-    import awkward as ak
+    ak = require("awkward")
 
     counts = chunk["nlep"]
     offsets = np.zeros(len(counts) + 1, dtype=np.int64)
@@ -76,7 +76,7 @@ def _write_file(
     cancel: threading.Event | None = None,
 ) -> str:
     """Generates and writes one file under its temporary name; returns that name."""
-    import uproot
+    uproot = require("uproot")
 
     if cancel is not None and cancel.is_set():
         raise _Cancelled(job.tmp_path)
@@ -153,7 +153,7 @@ def _prepare_out_dir(out: Path) -> bool:
 def _run_dask(
     jobs: list[_FileJob], workers: int, progress: bool, total: int, sample: str
 ) -> list[str]:
-    import dask
+    dask = require("dask")
 
     # Threads, not processes: the numpy kernels, the RNG fills and ZSTD release the GIL, and on
     # 2 cores the threaded scheduler measured 1.7x the synchronous speed, while the process
