@@ -133,7 +133,7 @@ def check_cluster(cfg: ScanConfig, where: str = "scan config") -> None:
         )
     if cfg.backend == "horovod" and res.workers > 1:
         try:
-            require("horovod.torch")
+            import horovod.torch  # noqa: F401
         except ImportError as exc:
             raise ConfigError(
                 f"{where}: backend: horovod is not importable ({exc}); install it "
