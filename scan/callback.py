@@ -43,7 +43,8 @@ def _numeric(result: Mapping[str, Any]) -> dict[str, float]:
 
 
 def _make_callback(cfg: ScanConfig, scan_dir: Path, tracking_uri: str | None) -> Any:
-    tune = require("ray.tune")
+    require("ray.tune")  # EngineMissingError naming the extra when Ray is not installed
+    from ray import tune
 
     class TrackingCallback(tune.Callback):
         """Mirrors Tune's trial lifecycle into MLflow child runs (driver process only)."""
