@@ -8,7 +8,7 @@ from models.errors import HepscanError
 
 if __name__ == "__main__":
     try:
-        train_command.main(standalone_mode=False)
+        train_command.main(prog_name="python -m jobs.train", standalone_mode=True)
     except HepscanError as _exc:
         click.echo(f"hepscan: error: {_exc}", err=True)
         raise SystemExit(2) from None
