@@ -57,12 +57,12 @@ def _simulate(workdir: Path, events: int, files: int, seed: int) -> list[str]:
 
 
 def _branches(files: list[str]) -> tuple[str, list[str]]:
-    from jobs.preprocess import _expand, make_plan, validate_inputs
-    from jobs.preprocess_config import load_config
+    from jobs.preprocess import expand, make_plan, validate_inputs
+    from jobs.preprocess.config import load_config
 
     cfg, _, source = load_config(CONFIG)
     plan = make_plan(cfg, source)
-    _, plan = validate_inputs(plan, _expand(files, Path.cwd(), "--input"))
+    _, plan = validate_inputs(plan, expand(files, Path.cwd(), "--input"))
     return cfg.tree, plan.read_branches
 
 

@@ -11,7 +11,6 @@ its square, and noise columns), so the bin classifier has something to learn.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs.manifest import MANIFEST_NAME, MANIFEST_VERSION
+from jobs.manifest import MANIFEST_NAME, MANIFEST_VERSION, write_manifest
 
 
 def write_unfold_dataset(
@@ -98,7 +97,7 @@ def _write(
                 files.append({"path": rel, "rows": len(part)})
             splits[name] = {"rows": len(idx), "files": files}
         manifest = {
-            "version": MANIFEST_VERSION,
+            "manifest_version": MANIFEST_VERSION,
             "sample": "synthetic_zll",
             "features": names,
             "scaler": {"mean": mean, "std": std},
@@ -111,7 +110,7 @@ def _write(
             },
             "generative": {"condition": ["truth_m"], "target": ["reco_m"]},
         }
-        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1))
+        write_manifest(tmp / MANIFEST_NAME, manifest)
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp, dest)

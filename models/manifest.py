@@ -35,6 +35,7 @@ class Manifest:
     unfold: dict[str, Any] | None = None
     resolution: dict[str, Any] | None = None
     generative: dict[str, Any] | None = None
+    version: int = MANIFEST_VERSION  # manifest_version of manifest.json
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property

@@ -21,7 +21,7 @@ import yaml
 
 from jobs.manifest import load_manifest, load_split
 from jobs.preprocess import bin_index, preprocess, resolution_delta, split_of, splitmix64
-from jobs.preprocess_config import load_config
+from jobs.preprocess.config import load_config
 from jobs.simulate import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -580,14 +580,14 @@ def test_bad_config_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 
 def test_partitions_match_uproot_dask(sim: Path) -> None:
     """Entry ranges per step size are the ones uproot.dask makes for the same branches."""
-    from jobs.preprocess import _expand, _partitions, make_plan, validate_inputs
-    from jobs.preprocess_config import parse_config
+    from jobs.preprocess import expand, make_plan, partitions, validate_inputs
+    from jobs.preprocess.config import parse_config
 
     data = _cfg("zll", step_size="200 kB")
     plan = make_plan(parse_config(data, "cfg"), "cfg")
     f = str(sim / "zll" / "zll_0000.root")
-    files, plan = validate_inputs(plan, _expand([f], Path.cwd(), "--input"))
-    ours = [(a, b) for _, a, b in _partitions(files)]
+    files, plan = validate_inputs(plan, expand([f], Path.cwd(), "--input"))
+    ours = [(a, b) for _, a, b in partitions(files)]
     assert len(ours) > 1
     arrays = uproot.dask(
         {f: "events"}, library="np", filter_name=plan.read_branches, step_size="200 kB"
@@ -599,8 +599,8 @@ def test_partitions_match_uproot_dask(sim: Path) -> None:
 def test_zll_selection_matches_a_per_event_loop(sim: Path) -> None:
     import itertools
 
-    from jobs.preprocess_config import ZllPairSelection
-    from jobs.preprocess_select import ELECTRON_MASS, MUON_MASS, Jagged, select
+    from jobs.preprocess.config import ZllPairSelection
+    from jobs.preprocess.select import ELECTRON_MASS, MUON_MASS, Jagged, select
 
     t = uproot.open(sim / "zll" / "zll_0000.root")["events"].arrays(entry_stop=400)
     n = len(t)

@@ -16,6 +16,10 @@ Example (all keys; the defaults are shown where a key may be left out)::
     event_id: event_id               # branch, [branch_a, branch_b] (a<<32 | b) or null (file+entry)
     weight: null                     # branch holding a per-event weight, else weight 1
     selection: {kind: zll_pair, z_mass: 91.1876, window: 0.25, iso_max: 0.1, lep_pt_min: 0.0}
+    # other kinds: jets, dijet, hzz_muon_match, zmumu_reco, nanoaod_dilepton (NanoAOD layout,
+    # see jobs/preprocess/nanoaod.py) or an import string "package.module:function" (your own
+    # selection, see jobs/preprocess/user.py):
+    #   selection: {kind: "mysel:select_events", branches: [Muon_pt, ...], options: {pt_min: 20}}
     features: [reco_mass, reco_l1_pt, reco_l2_pt, reco_l1_iso, reco_l2_iso]
     unfold:                          # optional: binned unfolding targets
       quantity: mass
@@ -43,9 +47,30 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    JsonValue,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from models.errors import ConfigError
+
+__all__ = [
+    "BUILTIN_KINDS",
+    "NanoaodDileptonSelection",
+    "PreprocessConfig",
+    "UserSelection",
+    "ZllPairSelection",
+    "load_config",
+    "parse_config",
+    "step_size_bytes",
+]
 
 
 class _Strict(BaseModel):
@@ -171,9 +196,86 @@ class ZmumuRecoSelection(_Strict):
     window: float | None = 0.25
 
 
+class NanoaodDileptonSelection(_Strict):
+    """Best opposite-charge isolated pair of one NanoAOD collection, truth via ``genPartIdx``.
+
+    Reads ``<collection>_{pt,eta,phi,charge,<iso>,genPartIdx}`` and ``<gen>_{pt,eta,phi,pdgId}``
+    (``<gen>_mass``, ``<gen>_status`` when present); see :mod:`jobs.preprocess.nanoaod`.
+    """
+
+    kind: Literal["nanoaod_dilepton"]
+    collection: str = "Muon"
+    flavour: Literal[11, 13, 15] | None = None  # |pdgId|; implied by Muon, Electron, Tau
+    iso: str = "pfRelIso03_all"  # isolation field of the collection: <collection>_<iso>
+    iso_max: float = 0.15
+    pt_min: float = 0.0
+    eta_max: float | None = Field(default=None, gt=0.0)
+    require: list[str] = Field(
+        default_factory=list
+    )  # boolean fields that must be true, e.g. tightId
+    gen: str = "GenPart"
+    z_mass: float = 91.1876
+    window: float = Field(default=0.25, gt=0.0)
+
+    @model_validator(mode="after")
+    def _known_flavour(self) -> NanoaodDileptonSelection:
+        if self.flavour is None and self.collection not in COLLECTION_FLAVOUR:
+            raise ValueError(
+                f"set 'flavour' (11, 13 or 15) for collection {self.collection!r} "
+                f"(implied only for {', '.join(COLLECTION_FLAVOUR)})"
+            )
+        return self
+
+    @property
+    def pdg_id(self) -> int:
+        return self.flavour if self.flavour is not None else COLLECTION_FLAVOUR[self.collection]
+
+
+COLLECTION_FLAVOUR = {"Muon": 13, "Electron": 11, "Tau": 15}
+
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+IMPORT_STRING = rf"^{_NAME}(\.{_NAME})*:{_NAME}(\.{_NAME})*$"
+
+
+class UserSelection(_Strict):
+    """Your own selection: ``kind: "package.module:function"`` (see :mod:`jobs.preprocess.user`).
+
+    The function gets the ``branches`` of one chunk as an awkward record array plus the
+    ``options`` as keyword arguments, and returns the row columns with an ``entry`` column.
+    """
+
+    kind: str = Field(pattern=IMPORT_STRING)
+    branches: list[str] = Field(min_length=1)
+    options: dict[str, JsonValue] = Field(default_factory=dict)
+    reco_ok: bool = False  # the function also returns a boolean 'reco_ok' column
+
+
+BUILTIN_KINDS = ("zll_pair", "jets", "dijet", "hzz_muon_match", "zmumu_reco", "nanoaod_dilepton")
+
+
+def _selection_tag(v: Any) -> str | None:
+    kind = v.get("kind") if isinstance(v, dict) else getattr(v, "kind", None)
+    if isinstance(kind, str) and ":" in kind:
+        return "import"
+    return kind if isinstance(kind, str) else None
+
+
 Selection = Annotated[
-    ZllPairSelection | JetsSelection | DijetSelection | HzzMuonMatchSelection | ZmumuRecoSelection,
-    Field(discriminator="kind"),
+    Annotated[ZllPairSelection, Tag("zll_pair")]
+    | Annotated[JetsSelection, Tag("jets")]
+    | Annotated[DijetSelection, Tag("dijet")]
+    | Annotated[HzzMuonMatchSelection, Tag("hzz_muon_match")]
+    | Annotated[ZmumuRecoSelection, Tag("zmumu_reco")]
+    | Annotated[NanoaodDileptonSelection, Tag("nanoaod_dilepton")]
+    | Annotated[UserSelection, Tag("import")],
+    Discriminator(
+        _selection_tag,
+        custom_error_type="selection_kind",
+        custom_error_message=(
+            f"kind must be one of {', '.join(BUILTIN_KINDS)} "
+            "or an import string 'package.module:function'"
+        ),
+    ),
 ]
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|kB|KB|MB|GB|KiB|MiB|GiB)\s*$")
@@ -243,7 +345,7 @@ def parse_config(data: Any, source: str) -> PreprocessConfig:
     try:
         return PreprocessConfig.model_validate(data)
     except ValidationError as exc:
-        kinds = {"zll_pair", "jets", "dijet", "hzz_muon_match", "zmumu_reco"}
+        kinds = {*BUILTIN_KINDS, "import"}
         found: list[tuple[str, str]] = []
         for err in exc.errors():
             key = _loc(tuple(err["loc"]), kinds)

@@ -1,4 +1,4 @@
-"""Selections of ``hepscan preprocess``: ROOT branches (by logical name) -> one row per object.
+"""Built-in selections of ``hepscan preprocess``: ROOT branches (by logical name) -> rows.
 
 Every selection kind declares the logical branch names it reads (with the default branch of
 the ``hepscan simulate`` schema, overridable through the config's ``branches`` mapping) and the
@@ -10,17 +10,39 @@ split labels.
 Selections work on plain numpy: flat branches as arrays, jagged ones as :class:`Jagged`
 (offsets + content), which is several times faster than awkward broadcasting for these
 few-objects-per-event cases and keeps the pipeline close to the raw read speed.
+
+Kinds: ``zll_pair``, ``jets``, ``dijet``, ``hzz_muon_match``, ``zmumu_reco`` (here; the
+``hepscan simulate`` schemas and the scikit-hep-testdata files), ``nanoaod_dilepton``
+(:mod:`jobs.preprocess.nanoaod`). Import-string selections (:mod:`jobs.preprocess.user`) get
+awkward arrays instead and do not pass through :func:`select`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+__all__ = [
+    "ELECTRON_MASS",
+    "KINDS",
+    "MUON_MASS",
+    "TAU_MASS",
+    "Jagged",
+    "KindSpec",
+    "best_pairs",
+    "four_vectors",
+    "kind_spec",
+    "pair_sum",
+    "select",
+]
+
 MUON_MASS = 0.1056583755
 ELECTRON_MASS = 0.00051099895
+TAU_MASS = 1.77686
+LEPTON_MASS = {11: ELECTRON_MASS, 13: MUON_MASS, 15: TAU_MASS}
 
 
 @dataclass(frozen=True)
@@ -38,26 +60,32 @@ class Jagged:
 @dataclass(frozen=True)
 class KindSpec:
     branches: dict[str, str]  # logical name -> default branch
-    columns: tuple[str, ...]  # row columns the selection produces
+    columns: tuple[str, ...] | None  # row columns the selection produces (None: not known)
     # logical names that may be absent from a file
     optional: frozenset[str] = field(default_factory=frozenset)
+    # logical branches to read for the requested columns (None: all of them)
+    need: Callable[[tuple[str, ...]], set[str]] | None = None
 
-    def needs(self, kind: str, columns: tuple[str, ...]) -> set[str]:
-        """Logical branches to read for ``columns`` (zll reads truth branches only on demand)."""
-        if kind != "zll_pair":
-            return set(self.branches)
-        need = {f"lep_{v}" for v in (*_LEP, "flavour")}
-        for c in columns:
-            if c == "reco_pileup":
-                need.add("pileup")
-            elif c.startswith("truth_l"):
-                need |= {"lep_truth_index", f"truth_l1_{c[9:]}", f"truth_l2_{c[9:]}"}
-            elif c.startswith("truth_"):
-                need.add(c)
-        return need
+    def needs(self, columns: tuple[str, ...]) -> set[str]:
+        """Logical branches to read for ``columns``."""
+        return set(self.branches) if self.need is None else self.need(columns)
 
 
 _LEP = ("pt", "eta", "phi", "iso", "charge")
+
+
+def _zll_needs(columns: tuple[str, ...]) -> set[str]:
+    """zll reads the truth branches only on demand."""
+    need = {f"lep_{v}" for v in (*_LEP, "flavour")}
+    for c in columns:
+        if c == "reco_pileup":
+            need.add("pileup")
+        elif c.startswith("truth_l"):
+            need |= {"lep_truth_index", f"truth_l1_{c[9:]}", f"truth_l2_{c[9:]}"}
+        elif c.startswith("truth_"):
+            need.add(c)
+    return need
+
 
 KINDS: dict[str, KindSpec] = {
     "zll_pair": KindSpec(
@@ -82,6 +110,7 @@ KINDS: dict[str, KindSpec] = {
             *(f"truth_l{i}_{v}" for i in (1, 2) for v in ("pt", "eta", "phi")),
         ),
         optional=frozenset({"pileup", "lep_truth_index"}),
+        need=_zll_needs,
     ),
     "jets": KindSpec(
         branches={
@@ -142,20 +171,36 @@ KINDS: dict[str, KindSpec] = {
 }
 
 
+def kind_spec(sel: Any) -> KindSpec:
+    """The branches and columns of selection ``sel`` (a config model with ``kind``)."""
+    if sel.kind == "nanoaod_dilepton":
+        from jobs.preprocess import nanoaod
+
+        return nanoaod.spec(sel)
+    if ":" in sel.kind:
+        from jobs.preprocess import user
+
+        return user.spec(sel)
+    return KINDS[sel.kind]
+
+
 def select(
     sel: Any, arrays: dict[str, Any], n: int, columns: tuple[str, ...]
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Apply selection ``sel`` (a config model with ``kind``) to ``n`` entries.
+    """Apply built-in selection ``sel`` (a config model with ``kind``) to ``n`` entries.
 
     Returns at least ``columns`` (float64, one value per row) and the row -> entry map.
     """
-    fn = {
-        "zll_pair": _zll_pair,
-        "jets": _jets,
-        "dijet": _dijet,
-        "hzz_muon_match": _hzz_muon_match,
-        "zmumu_reco": _zmumu_reco,
-    }[sel.kind]
+    if sel.kind == "nanoaod_dilepton":
+        from jobs.preprocess.nanoaod import nanoaod_dilepton as fn
+    else:
+        fn = {
+            "zll_pair": _zll_pair,
+            "jets": _jets,
+            "dijet": _dijet,
+            "hzz_muon_match": _hzz_muon_match,
+            "zmumu_reco": _zmumu_reco,
+        }[sel.kind]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         cols, rows = fn(sel, arrays, n, columns)
     return {c: np.asarray(cols[c], dtype=np.float64) for c in columns}, rows
@@ -163,6 +208,60 @@ def select(
 
 def _f64(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
+
+
+def four_vectors(
+    pt: np.ndarray, eta: np.ndarray, phi: np.ndarray, mass: np.ndarray | float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(px, py, pz, E) from pT, eta, phi and mass."""
+    px, py, pz = pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)
+    return px, py, pz, np.sqrt(px * px + py * py + pz * pz + mass * mass)
+
+
+def pair_sum(
+    p4: tuple[np.ndarray, ...], i: np.ndarray, j: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Mass, px, py, pz, E of the sum of objects ``i`` and ``j``."""
+    px, py, pz, e = p4
+    sx, sy, sz, se = px[i] + px[j], py[i] + py[j], pz[i] + pz[j], e[i] + e[j]
+    return np.sqrt(np.maximum(se * se - sx * sx - sy * sy - sz * sz, 0.0)), sx, sy, sz, se
+
+
+def best_pairs(
+    p4: tuple[np.ndarray, ...],
+    charge: np.ndarray,
+    flavour: np.ndarray | None,
+    entry: np.ndarray,
+    n: int,
+    target: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per entry, the opposite-charge (same-flavour) pair with mass closest to ``target``.
+
+    The objects (already selected) are in entry order; ``entry`` maps each to its entry.
+    Returns |m - target| (inf where no pair) and the two object indices per entry. Pairs are
+    visited in ``ak.combinations`` order ((0,1), (0,2), ..., (1,2), ...), so ties keep the
+    first pair.
+    """
+    count = np.bincount(entry, minlength=n)
+    start = np.zeros(n, dtype=np.int64)
+    np.cumsum(count[:-1], out=start[1:])
+    best_d = np.full(n, np.inf)
+    best_i = np.zeros(n, dtype=np.int64)
+    best_j = np.zeros(n, dtype=np.int64)
+    cmax = int(count.max()) if n else 0
+    for first in range(cmax):
+        for second in range(first + 1, cmax):
+            evs = np.flatnonzero(count > second)
+            i, j = start[evs] + first, start[evs] + second
+            m = pair_sum(p4, i, j)[0]
+            ok = charge[i] * charge[j] < 0
+            if flavour is not None:
+                ok &= flavour[i] == flavour[j]
+            d = np.where(ok, np.abs(m - target), np.inf)
+            better = d < best_d[evs]
+            upd = evs[better]
+            best_d[upd], best_i[upd], best_j[upd] = d[better], i[better], j[better]
+    return best_d, best_i, best_j
 
 
 def _zll_pair(
@@ -178,35 +277,11 @@ def _zll_pair(
     pt = _f64(pt_all[good])
     eta, phi = _f64(a["lep_eta"].content[good]), _f64(a["lep_phi"].content[good])
     q, fl = a["lep_charge"].content[good], a["lep_flavour"].content[good]
-    mass = np.where(np.abs(fl) == 11, ELECTRON_MASS, MUON_MASS)
-    px, py, pz = pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)
-    e = np.sqrt(px * px + py * py + pz * pz + mass * mass)
-    gcount = np.bincount(ent[good], minlength=n)
-    gstart = np.zeros(n, dtype=np.int64)
-    np.cumsum(gcount[:-1], out=gstart[1:])
-
-    def pair_mass(i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, ...]:
-        sx, sy, sz, se = px[i] + px[j], py[i] + py[j], pz[i] + pz[j], e[i] + e[j]
-        return np.sqrt(np.maximum(se * se - sx * sx - sy * sy - sz * sz, 0.0)), sx, sy, sz, se
-
-    # best opposite-charge same-flavour pair per event, visiting pairs in ak.combinations
-    # order ((0,1), (0,2), ..., (1,2), ...) so that ties keep the first pair
-    best_d = np.full(n, np.inf)
-    best_i = np.zeros(n, dtype=np.int64)
-    best_j = np.zeros(n, dtype=np.int64)
-    cmax = int(gcount.max()) if n else 0
-    for first in range(cmax):
-        for second in range(first + 1, cmax):
-            evs = np.flatnonzero(gcount > second)
-            i, j = gstart[evs] + first, gstart[evs] + second
-            m = pair_mass(i, j)[0]
-            d = np.where((q[i] * q[j] < 0) & (fl[i] == fl[j]), np.abs(m - sel.z_mass), np.inf)
-            better = d < best_d[evs]
-            upd = evs[better]
-            best_d[upd], best_i[upd], best_j[upd] = d[better], i[better], j[better]
+    p4 = four_vectors(pt, eta, phi, np.where(np.abs(fl) == 11, ELECTRON_MASS, MUON_MASS))
+    best_d, best_i, best_j = best_pairs(p4, q, fl, ent[good], n, sel.z_mass)
     rows = np.flatnonzero(best_d < sel.window * sel.z_mass)
     bi, bj = best_i[rows], best_j[rows]
-    m, sx, sy, sz, se = pair_mass(bi, bj)
+    m, sx, sy, sz, se = pair_sum(p4, bi, bj)
 
     swap = pt[bj] > pt[bi]  # leading-pT lepton first
     g1, g2 = np.where(swap, bj, bi), np.where(swap, bi, bj)
