@@ -217,16 +217,17 @@ def _as_columns(out: Any, name: str, where: str) -> dict[str, Any]:
 def _array(value: Any, col: str, name: str, where: str) -> np.ndarray:
     import awkward as ak
 
+    def bad(got: str) -> InputError:
+        return InputError(
+            f"{where}: selection {name!r}: column {col!r} must be one number per row, got {got}"
+        )
+
+    if isinstance(value, ak.Array) and value.ndim != 1:
+        raise bad(f"type {value.type}")
     try:
         arr = ak.to_numpy(value) if isinstance(value, ak.Array) else np.asarray(value)
     except Exception as exc:
-        raise InputError(
-            f"{where}: selection {name!r}: column {col!r} is not one number per row "
-            f"({type(exc).__name__}: {exc})"
-        ) from None
+        raise bad(f"{type(exc).__name__}: {exc}") from None
     if arr.ndim != 1 or arr.dtype.kind not in "biuf":
-        raise InputError(
-            f"{where}: selection {name!r}: column {col!r} must be one number per row, got "
-            f"shape {arr.shape} dtype {arr.dtype}"
-        )
+        raise bad(f"shape {arr.shape} dtype {arr.dtype}")
     return arr
