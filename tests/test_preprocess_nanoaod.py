@@ -158,8 +158,8 @@ def write_nanoaod(path: Path, n: int = 800, seed: int = 7, extras: bool = False)
         mus.sort(key=lambda mu: -mu[0])
         for k, col in enumerate(muons):
             muons[col].append([mu[k] for mu in mus])
-        for k in gen:
-            gen[k].append(g[k])
+        for key in gen:
+            gen[key].append(g[key])
     with_mu = [e for e in range(n) if muons["pt"][e]]
     for e in rng.choice(with_mu, 5, replace=False):
         muons["pfRelIso03_all"][e][rng.integers(len(muons["pt"][e]))] = float("nan")

@@ -102,19 +102,6 @@ def _install(tmp: Path, out: Path) -> None:
         os.replace(tmp, out)
 
 
-def _install(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{tmp.name}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        if old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
-    else:
-        os.replace(tmp, out)
-
-
 def _run(
     plan: Plan,
     files: list[InputFile],

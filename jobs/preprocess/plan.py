@@ -65,10 +65,10 @@ _RESERVED = {"entry", "event_id", "weight", "truth_bin", "reco_bin", "migration"
 
 
 def _check_columns(
-    cfg: PreprocessConfig, source: str, spec: KindSpec
+    cfg: PreprocessConfig, source: str, kind_columns: KindSpec
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     kind = cfg.selection.kind
-    have = spec.columns
+    have = kind_columns.columns
     sel = cfg.selection
     has_ok = (
         "reco_ok" in have if have is not None else isinstance(sel, UserSelection) and sel.reco_ok
