@@ -58,7 +58,7 @@ import numpy as np
 
 from jobs.manifest import sha256_file
 from jobs.preprocess.select import KindSpec
-from models.errors import ConfigError, InputError
+from models.errors import ConfigError, InputError, require
 
 __all__ = ["call", "check_source", "load", "source_record", "spec"]
 
@@ -202,7 +202,7 @@ def call(
 
 
 def _as_columns(out: Any, name: str, where: str) -> dict[str, Any]:
-    import awkward as ak
+    ak = require("awkward")
 
     if isinstance(out, ak.Array) and ak.fields(out):
         return {f: out[f] for f in ak.fields(out)}
@@ -215,7 +215,7 @@ def _as_columns(out: Any, name: str, where: str) -> dict[str, Any]:
 
 
 def _array(value: Any, col: str, name: str, where: str) -> np.ndarray:
-    import awkward as ak
+    ak = require("awkward")
 
     def bad(got: str) -> InputError:
         return InputError(
