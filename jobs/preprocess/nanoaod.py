@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from jobs.preprocess.select import (
+from jobs.preprocess.common import (
     LEPTON_MASS,
     Jagged,
     KindSpec,

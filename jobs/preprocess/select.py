@@ -19,57 +19,22 @@ awkward arrays instead and do not pass through :func:`select`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-__all__ = [
-    "ELECTRON_MASS",
-    "KINDS",
-    "MUON_MASS",
-    "TAU_MASS",
-    "Jagged",
-    "KindSpec",
-    "best_pairs",
-    "four_vectors",
-    "kind_spec",
-    "pair_sum",
-    "select",
-]
+from jobs.preprocess import nanoaod, user
+from jobs.preprocess.common import (
+    ELECTRON_MASS,
+    MUON_MASS,
+    Jagged,
+    KindSpec,
+    best_pairs,
+    four_vectors,
+    pair_sum,
+)
 
-MUON_MASS = 0.1056583755
-ELECTRON_MASS = 0.00051099895
-TAU_MASS = 1.77686
-LEPTON_MASS = {11: ELECTRON_MASS, 13: MUON_MASS, 15: TAU_MASS}
-
-
-@dataclass(frozen=True)
-class Jagged:
-    """A jagged branch: entry ``i`` holds ``content[offsets[i]:offsets[i + 1]]``."""
-
-    offsets: np.ndarray  # int64, length n + 1, offsets[0] == 0
-    content: np.ndarray
-
-    @property
-    def counts(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-
-@dataclass(frozen=True)
-class KindSpec:
-    branches: dict[str, str]  # logical name -> default branch
-    columns: tuple[str, ...] | None  # row columns the selection produces (None: not known)
-    # logical names that may be absent from a file
-    optional: frozenset[str] = field(default_factory=frozenset)
-    # logical branches to read for the requested columns (None: all of them)
-    need: Callable[[tuple[str, ...]], set[str]] | None = None
-
-    def needs(self, columns: tuple[str, ...]) -> set[str]:
-        """Logical branches to read for ``columns``."""
-        return set(self.branches) if self.need is None else self.need(columns)
-
+__all__ = ["ELECTRON_MASS", "KINDS", "MUON_MASS", "Jagged", "KindSpec", "kind_spec", "select"]
 
 _LEP = ("pt", "eta", "phi", "iso", "charge")
 
@@ -174,12 +139,8 @@ KINDS: dict[str, KindSpec] = {
 def kind_spec(sel: Any) -> KindSpec:
     """The branches and columns of selection ``sel`` (a config model with ``kind``)."""
     if sel.kind == "nanoaod_dilepton":
-        from jobs.preprocess import nanoaod
-
         return nanoaod.spec(sel)
     if ":" in sel.kind:
-        from jobs.preprocess import user
-
         return user.spec(sel)
     return KINDS[sel.kind]
 
@@ -191,16 +152,14 @@ def select(
 
     Returns at least ``columns`` (float64, one value per row) and the row -> entry map.
     """
-    if sel.kind == "nanoaod_dilepton":
-        from jobs.preprocess.nanoaod import nanoaod_dilepton as fn
-    else:
-        fn = {
-            "zll_pair": _zll_pair,
-            "jets": _jets,
-            "dijet": _dijet,
-            "hzz_muon_match": _hzz_muon_match,
-            "zmumu_reco": _zmumu_reco,
-        }[sel.kind]
+    fn = {
+        "zll_pair": _zll_pair,
+        "jets": _jets,
+        "dijet": _dijet,
+        "hzz_muon_match": _hzz_muon_match,
+        "zmumu_reco": _zmumu_reco,
+        "nanoaod_dilepton": nanoaod.nanoaod_dilepton,
+    }[sel.kind]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         cols, rows = fn(sel, arrays, n, columns)
     return {c: np.asarray(cols[c], dtype=np.float64) for c in columns}, rows
@@ -208,60 +167,6 @@ def select(
 
 def _f64(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
-
-
-def four_vectors(
-    pt: np.ndarray, eta: np.ndarray, phi: np.ndarray, mass: np.ndarray | float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(px, py, pz, E) from pT, eta, phi and mass."""
-    px, py, pz = pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)
-    return px, py, pz, np.sqrt(px * px + py * py + pz * pz + mass * mass)
-
-
-def pair_sum(
-    p4: tuple[np.ndarray, ...], i: np.ndarray, j: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Mass, px, py, pz, E of the sum of objects ``i`` and ``j``."""
-    px, py, pz, e = p4
-    sx, sy, sz, se = px[i] + px[j], py[i] + py[j], pz[i] + pz[j], e[i] + e[j]
-    return np.sqrt(np.maximum(se * se - sx * sx - sy * sy - sz * sz, 0.0)), sx, sy, sz, se
-
-
-def best_pairs(
-    p4: tuple[np.ndarray, ...],
-    charge: np.ndarray,
-    flavour: np.ndarray | None,
-    entry: np.ndarray,
-    n: int,
-    target: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per entry, the opposite-charge (same-flavour) pair with mass closest to ``target``.
-
-    The objects (already selected) are in entry order; ``entry`` maps each to its entry.
-    Returns |m - target| (inf where no pair) and the two object indices per entry. Pairs are
-    visited in ``ak.combinations`` order ((0,1), (0,2), ..., (1,2), ...), so ties keep the
-    first pair.
-    """
-    count = np.bincount(entry, minlength=n)
-    start = np.zeros(n, dtype=np.int64)
-    np.cumsum(count[:-1], out=start[1:])
-    best_d = np.full(n, np.inf)
-    best_i = np.zeros(n, dtype=np.int64)
-    best_j = np.zeros(n, dtype=np.int64)
-    cmax = int(count.max()) if n else 0
-    for first in range(cmax):
-        for second in range(first + 1, cmax):
-            evs = np.flatnonzero(count > second)
-            i, j = start[evs] + first, start[evs] + second
-            m = pair_sum(p4, i, j)[0]
-            ok = charge[i] * charge[j] < 0
-            if flavour is not None:
-                ok &= flavour[i] == flavour[j]
-            d = np.where(ok, np.abs(m - target), np.inf)
-            better = d < best_d[evs]
-            upd = evs[better]
-            best_d[upd], best_i[upd], best_j[upd] = d[better], i[better], j[better]
-    return best_d, best_i, best_j
 
 
 def _zll_pair(

@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 
 from jobs.manifest import sha256_file
-from jobs.preprocess.select import KindSpec
+from jobs.preprocess.common import KindSpec
 from models.errors import ConfigError, InputError, require
 
 __all__ = ["call", "check_source", "load", "source_record", "spec"]
