@@ -216,14 +216,12 @@ def expected(path: Path, iso_max: float = 0.15) -> dict[str, Any]:
     """Rows (entry, values) and counts that nan_policy: drop + outside: drop must give."""
     t = uproot.open(path)["Events"].arrays(library="ak")
     has_status, has_mass = "GenPart_status" in t.fields, "GenPart_mass" in t.fields
+    # per event lists of the stored (float32/int32) values, as float64
+    lists = {k: ak.to_list(t[k]) for k in t.fields if k.startswith(("Mu", "Gen"))}
     rows: list[dict[str, float]] = []
     nan = failed = outside = no_truth = fallback_rows = 0
     for e in range(len(t)):
-        ev = {
-            k: np.asarray(t[k][e]).astype(np.float64)
-            for k in t.fields
-            if k.startswith(("Mu", "Gen"))
-        }
+        ev = {k: np.asarray(v[e], dtype=np.float64) for k, v in lists.items()}
         if any(np.isnan(v).any() for v in ev.values()):
             nan += 1
             continue
