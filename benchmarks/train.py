@@ -45,7 +45,7 @@ def bare_loop(cfg: TrainConfig, epochs: int) -> list[float]:
     keep = y >= 0
     x, y = x[keep], y[keep]
     family = get_family(cfg.family)
-    spec = family.data_spec(m.raw)
+    spec = family.data_spec(m)
     model = family.build(family.config_cls(**cfg.model), spec.dims)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     b, n = cfg.batch_size, len(x)

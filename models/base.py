@@ -5,10 +5,10 @@ loop (jobs/train) does, for any family:
 
 .. code-block:: python
 
-    family = REGISTRY[name]
-    spec = family.data_spec(manifest_dict)          # which dataset columns feed x and y
+    family = get_family(name)                       # a registered name or "pkg.module:ATTR"
+    spec = family.data_spec(manifest)               # models.manifest.Manifest -> x/y columns
     config = family.config_cls(**params)            # dataclass, stored with every checkpoint
-    model = family.build(config, spec.dims)         # an nn.Module implementing HepModel
+    model = family.build(config, spec.dims)         # an nn.Module that is a HepModel
     optimizers = model.configure_optimizers(lr)
     for batch in batches:                           # batch = {"x": Tensor, "y": Tensor}
         stats = model.training_step(batch, optimizers, step_fn)
@@ -33,16 +33,47 @@ mean/std. Families that produce physical values (``smear``, ``sample``) derive f
 ``model.set_standardisation(x_mean, x_std, y_mean, y_std)`` (vectors aligned with
 ``spec.x_columns`` / ``spec.y_columns``, identity for unlisted columns; see
 :func:`standardisation_vectors`). The values are buffers, so they travel with the state_dict.
+
+Optional hooks are typed protocols, found with ``isinstance`` (never by name): a model that is
+:class:`Standardisable` receives the loop's standardisation, one that is :class:`Calibratable`
+is refitted after every epoch (``TrainConfig.calibrate``). The executable form of this contract
+is :mod:`models.testing` (run it on your own family); :func:`models.contract.validate_family`
+is its cheap static part, run when a scan config is loaded.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from models.manifest import Manifest
+
+__all__ = [
+    "Calibratable",
+    "DataDims",
+    "DataSpec",
+    "Family",
+    "HepModel",
+    "SearchSpace",
+    "Standardisable",
+    "StandardisationBuffers",
+    "StepFn",
+    "TargetKind",
+    "chunked",
+    "default_device",
+    "eval_mode",
+    "manifest_features",
+    "manifest_section",
+    "mlp",
+    "model_device",
+    "model_dtype",
+    "standardisation_vectors",
+]
 
 TargetKind = Literal["class", "multiclass", "continuous"]
 StepFn = Callable[[torch.optim.Optimizer, Tensor], None]
@@ -82,8 +113,12 @@ class DataSpec:
     extra: Mapping[str, Any] = field(default_factory=dict)  # e.g. bin edges for metrics
 
 
+@runtime_checkable
 class HepModel(Protocol):
-    """What the training loop calls on a built model (an ``nn.Module``)."""
+    """What the training loop calls on a built model (which is also an ``nn.Module``).
+
+    ``isinstance(model, HepModel)`` checks that the three methods exist (not their signatures;
+    :mod:`models.testing` calls them)."""
 
     def configure_optimizers(self, lr: float) -> list[torch.optim.Optimizer]: ...
 
@@ -95,6 +130,42 @@ class HepModel(Protocol):
     def evaluate(self, data: dict[str, Tensor]) -> dict[str, float]: ...
 
 
+@runtime_checkable
+class Standardisable(Protocol):
+    """Optional hook: the model keeps the loop's train-split standardisation (as buffers).
+
+    :class:`StandardisationBuffers` implements it; vectors are aligned with the spec's
+    columns (see :func:`standardisation_vectors`)."""
+
+    def set_standardisation(
+        self,
+        x_mean: Tensor,
+        x_std: Tensor,
+        y_mean: Tensor | None = None,
+        y_std: Tensor | None = None,
+    ) -> None: ...
+
+
+@runtime_checkable
+class Calibratable(Protocol):
+    """Optional hook: refit a calibration on training rows with the network frozen.
+
+    The loop calls it after every epoch (``TrainConfig.calibrate``) with all of a rank's
+    training rows and, data-parallel, ``reduce`` = a sum over ranks that the model applies to
+    every sum it forms (so all ranks end with the same calibration). Returns diagnostics."""
+
+    def calibrate(
+        self,
+        x: Tensor,
+        y: Tensor,
+        weights: Tensor | None = None,
+        *,
+        max_iter: int = 100,
+        tol: float = 1e-9,
+        reduce: Callable[[Tensor], Tensor] | None = None,
+    ) -> dict[str, float]: ...
+
+
 # A search-space entry: ("uniform", lo, hi) | ("loguniform", lo, hi) | ("int", lo, hi)
 # | ("choice", [values...]) ; conditional params are expressed by scan configs, not here.
 SearchSpace = dict[str, tuple[Any, ...]]
@@ -102,12 +173,18 @@ SearchSpace = dict[str, tuple[Any, ...]]
 
 @dataclass(frozen=True)
 class Family:
-    """One registered model family."""
+    """One model family: registered by name, or reached as ``"package.module:ATTR"``.
+
+    ``config_cls`` is a dataclass whose fields all have defaults (the searchable
+    hyperparameters); ``build(config, dims)`` returns an ``nn.Module`` that is a
+    :class:`HepModel`; ``data_spec(manifest)`` reads the typed
+    :class:`models.manifest.Manifest`; ``search_space()`` is the default scan space
+    (:data:`SearchSpace`) over ``config_cls`` fields."""
 
     name: str
     config_cls: type
     build: Callable[[Any, DataDims], nn.Module]
-    data_spec: Callable[[Mapping[str, Any]], DataSpec]
+    data_spec: Callable[[Manifest], DataSpec]
     search_space: Callable[[], SearchSpace]
     metrics: tuple[str, ...]  # keys evaluate() returns, usable as scan objectives
     description: str = ""
@@ -119,27 +196,29 @@ class Family:
         return self.metric_modes.get(metric, "min")
 
 
-def manifest_section(manifest: Mapping[str, Any], key: str, family: str) -> Mapping[str, Any]:
-    """``manifest[key]`` as a mapping, or a :class:`models.errors.ConfigError` naming the key."""
+def manifest_section(manifest: Manifest, key: str, family: str) -> Mapping[str, Any]:
+    """The manifest's ``key`` section (``unfold``, ``resolution``, ``generative``), or a
+    :class:`models.errors.ConfigError` naming the key and the sections the dataset has."""
     from models.errors import ConfigError
+    from models.manifest import SECTIONS
 
-    section = manifest.get(key)
+    section = getattr(manifest, key, None) if key in SECTIONS else None
     if not isinstance(section, Mapping) or not section:
+        have = [s for s in SECTIONS if getattr(manifest, s, None)]
         raise ConfigError(
             f"manifest.json: family {family!r} needs the {key!r} section, "
-            f"which this dataset lacks (have {sorted(manifest)}); preprocess with that target"
+            f"which this dataset lacks (it has {have}); preprocess with that target"
         )
     return section
 
 
-def manifest_features(manifest: Mapping[str, Any], family: str) -> tuple[str, ...]:
+def manifest_features(manifest: Manifest, family: str) -> tuple[str, ...]:
     """The ``feat_<name>`` columns, in manifest order; a ConfigError if there are none."""
     from models.errors import ConfigError
 
-    features = manifest.get("features")
-    if not isinstance(features, (list, tuple)) or not features:
+    if not manifest.features:
         raise ConfigError(f"manifest.json: family {family!r} needs a non-empty 'features' list")
-    return tuple(f"feat_{f}" for f in features)
+    return tuple(f"feat_{f}" for f in manifest.features)
 
 
 def default_device() -> torch.device:

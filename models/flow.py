@@ -10,9 +10,7 @@ reco → noise, the invertible direction that unfolding-style uses build on.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +28,7 @@ from models.base import (
     model_dtype,
 )
 from models.gan import generative_data_spec
+from models.manifest import Manifest
 
 __all__ = ["FAMILY", "FlowConfig", "FlowNet"]
 
@@ -55,7 +54,7 @@ class FlowConfig:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
 
 
-def data_spec(manifest: Mapping[str, Any]) -> DataSpec:
+def data_spec(manifest: Manifest) -> DataSpec:
     return generative_data_spec(manifest, NAME)
 
 

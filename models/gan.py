@@ -15,9 +15,7 @@ back-propagates into the optimizer's own network.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +35,7 @@ from models.base import (
     model_device,
     model_dtype,
 )
+from models.manifest import Manifest
 
 __all__ = ["FAMILY", "GANConfig", "GANNet", "generative_data_spec"]
 
@@ -67,7 +66,7 @@ class GANConfig:
             raise ValueError("n_critic must be >= 1")
 
 
-def generative_data_spec(manifest: Mapping[str, Any], family: str) -> DataSpec:
+def generative_data_spec(manifest: Manifest, family: str) -> DataSpec:
     """x = ``generative.condition`` columns, y = ``generative.target`` columns (continuous)."""
     from models.errors import ConfigError
 
@@ -87,7 +86,7 @@ def generative_data_spec(manifest: Mapping[str, Any], family: str) -> DataSpec:
     )
 
 
-def data_spec(manifest: Mapping[str, Any]) -> DataSpec:
+def data_spec(manifest: Manifest) -> DataSpec:
     return generative_data_spec(manifest, NAME)
 
 

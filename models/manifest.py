@@ -7,6 +7,7 @@ typed; reading and writing ``manifest.json`` is :mod:`jobs.manifest`'s job.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,13 @@ import numpy as np
 
 from models.errors import ConfigError
 
-__all__ = ["MANIFEST_NAME", "MANIFEST_VERSION", "SPLITS", "Manifest"]
+__all__ = ["MANIFEST_NAME", "MANIFEST_VERSION", "SECTIONS", "SPLITS", "Manifest"]
 
 MANIFEST_NAME = "manifest.json"
 SPLITS = ("train", "validation", "test")
 MANIFEST_VERSION = 1
+# Optional target sections, one per kind of model family.
+SECTIONS = ("unfold", "resolution", "generative")
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,26 @@ class Manifest:
     generative: dict[str, Any] | None = None
     version: int = MANIFEST_VERSION  # manifest_version of manifest.json
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], root: str | Path = ".") -> Manifest:
+        """A manifest from its JSON content; keys a family does not read may be omitted
+        (studies and tests build small ones: ``{"features": [...], "unfold": {...}}``)."""
+        features = raw.get("features", [])
+        if not isinstance(features, list | tuple):
+            raise ConfigError(f"{Path(root) / MANIFEST_NAME}: 'features' must be a list")
+        return cls(
+            root=Path(root),
+            sample=str(raw.get("sample", "")),
+            features=[str(f) for f in features],
+            scaler=dict(raw.get("scaler", {})),
+            splits=dict(raw.get("splits", {})),
+            columns=dict(raw.get("columns", {})),
+            unfold=raw.get("unfold"),
+            resolution=raw.get("resolution"),
+            generative=raw.get("generative"),
+            raw=dict(raw),
+        )
 
     @property
     def n_features(self) -> int:

@@ -29,7 +29,6 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import Any
 
 import numpy as np
 import torch
@@ -49,6 +48,7 @@ from models.base import (
     model_device,
     model_dtype,
 )
+from models.manifest import Manifest
 from models.metrics import ks_samples
 
 __all__ = ["FAMILY", "ResolutionConfig", "ResolutionNet"]
@@ -74,7 +74,7 @@ class ResolutionConfig:
     weight_decay: float = 0.0
 
 
-def data_spec(manifest: Mapping[str, Any]) -> DataSpec:
+def data_spec(manifest: Manifest) -> DataSpec:
     from models.errors import ConfigError
 
     res = manifest_section(manifest, "resolution", NAME)

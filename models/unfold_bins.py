@@ -29,7 +29,7 @@ validation fold), before unfolding.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
@@ -53,6 +53,7 @@ from models.base import (
     model_device,
     model_dtype,
 )
+from models.manifest import Manifest
 from models.metrics import unfolding_scores
 
 __all__ = ["FAMILY", "UnfoldBinsConfig", "UnfoldBinsNet", "unfold_edges"]
@@ -83,8 +84,8 @@ def class_target(y: Tensor) -> Tensor:
     return (y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y).long()
 
 
-def unfold_edges(manifest: Mapping[str, Any], family: str) -> tuple[float, ...]:
-    """The unfolding bin edges from ``manifest["unfold"]["edges"]``, validated."""
+def unfold_edges(manifest: Manifest, family: str) -> tuple[float, ...]:
+    """The unfolding bin edges from ``manifest.unfold["edges"]``, validated."""
     from models.errors import ConfigError
 
     unfold = manifest_section(manifest, "unfold", family)
@@ -99,7 +100,7 @@ def unfold_edges(manifest: Mapping[str, Any], family: str) -> tuple[float, ...]:
     return e
 
 
-def data_spec(manifest: Mapping[str, Any]) -> DataSpec:
+def data_spec(manifest: Manifest) -> DataSpec:
     feats = manifest_features(manifest, NAME)
     edges = unfold_edges(manifest, NAME)
     n_bins = len(edges) - 1

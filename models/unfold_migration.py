@@ -27,9 +27,7 @@ unfolded by migration and are ignored.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -49,6 +47,7 @@ from models.base import (
     model_device,
     model_dtype,
 )
+from models.manifest import Manifest
 from models.metrics import unfolding_scores
 from models.unfold_bins import class_target, unfold_edges
 
@@ -98,7 +97,7 @@ class UnfoldMigrationConfig:
             raise ValueError("migration_range must be >= 0 (0 = full range)")
 
 
-def data_spec(manifest: Mapping[str, Any]) -> DataSpec:
+def data_spec(manifest: Manifest) -> DataSpec:
     feats = manifest_features(manifest, NAME)
     edges = unfold_edges(manifest, NAME)
     n_bins = len(edges) - 1

@@ -65,7 +65,8 @@ def _make_callback(cfg: ScanConfig, scan_dir: Path, tracking_uri: str | None) ->
 
         def _start(self, trial: Any) -> None:
             tags = {"mlflow.runName": f"trial-{trial.trial_id}", "hepscan.trial_name": str(trial)}
-            self.tracker.start_trial(trial.trial_id, trial_params(trial.config), tags)
+            params = {"family": cfg.family, **trial_params(trial.config)}
+            self.tracker.start_trial(trial.trial_id, params, tags)
 
         def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
             _forward_interrupt()

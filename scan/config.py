@@ -32,16 +32,16 @@ Ray and happens in ``scan.driver`` right after ``ray.init``, still before any tr
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from models.errors import ConfigError
+from scan.params import Param, StrictModel, grid_size, grid_values, sample_order
 
 # TrainConfig fields a scan may set (fixed or searched); everything else belongs to the model.
 TRAIN_PARAMS = ("batch_size", "lr", "patience", "max_rows", "device", "seed")
@@ -62,70 +62,12 @@ SEARCHERS = ("tpe", "random", "grid", "cmaes", "nsga2")
 MULTI_OBJECTIVE_SEARCHERS = ("nsga2", "tpe", "random")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-Scalar = bool | int | float | str
-
-
-class Param(_Strict):
-    """One searched parameter."""
-
-    type: Literal["uniform", "loguniform", "int", "choice"]
-    low: float | None = None
-    high: float | None = None
-    values: list[Scalar | None] | None = None
-    # Sample this parameter only when every named parameter has one of the given values.
-    when: dict[str, Scalar | list[Scalar]] | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, data: Any) -> Any:
-        # [type, low, high] / [choice, [values]] as in models.base.SearchSpace tuples
-        if isinstance(data, list | tuple):
-            if len(data) == 2 and data[0] == "choice":
-                return {"type": "choice", "values": list(data[1])}
-            if len(data) == 3:
-                return {"type": data[0], "low": data[1], "high": data[2]}
-            raise ValueError(
-                "expected [uniform|loguniform|int, low, high] or [choice, [values...]]"
-            )
-        return data
-
-    @model_validator(mode="after")
-    def _bounds(self) -> Param:
-        if self.type == "choice":
-            if not self.values:
-                raise ValueError("'choice' needs a non-empty 'values' list")
-            if self.low is not None or self.high is not None:
-                raise ValueError("'choice' takes 'values', not 'low'/'high'")
-            return self
-        if self.values is not None:
-            raise ValueError(f"{self.type!r} takes 'low'/'high', not 'values'")
-        if self.low is None or self.high is None:
-            raise ValueError(f"{self.type!r} needs 'low' and 'high'")
-        if not (math.isfinite(self.low) and math.isfinite(self.high)) or self.low >= self.high:
-            raise ValueError(f"needs finite low < high (got low={self.low}, high={self.high})")
-        if self.type == "loguniform" and self.low <= 0:
-            raise ValueError(f"'loguniform' needs low > 0 (got {self.low})")
-        if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
-            raise ValueError(f"'int' needs integer bounds (got {self.low}, {self.high})")
-        return self
-
-    def condition(self) -> dict[str, list[Scalar]]:
-        """``when`` with every value as a list of allowed values."""
-        if not self.when:
-            return {}
-        return {k: (list(v) if isinstance(v, list) else [v]) for k, v in self.when.items()}
-
-
-class Objective(_Strict):
+class Objective(StrictModel):
     metric: str
     mode: Literal["min", "max"] = "min"
 
 
-class SchedulerConfig(_Strict):
+class SchedulerConfig(StrictModel):
     type: Literal["asha", "none"] = "asha"
     grace_period: Annotated[int, Field(ge=1)] = 1
     reduction_factor: Annotated[float, Field(gt=1)] = 3.0
@@ -140,7 +82,7 @@ class SchedulerConfig(_Strict):
         return data
 
 
-class Resources(_Strict):
+class Resources(StrictModel):
     workers: Annotated[int, Field(ge=1)] = 1
     cpus_per_worker: Annotated[float, Field(gt=0)] = 1.0
     gpus_per_worker: Annotated[float, Field(ge=0)] = 0.0
@@ -154,7 +96,7 @@ class Resources(_Strict):
         return self.workers * self.gpus_per_worker
 
 
-class ScanConfig(_Strict):
+class ScanConfig(StrictModel):
     """A validated scan; paths are absolute after :func:`load_scan_config`."""
 
     name: str = "scan"
@@ -321,23 +263,33 @@ def _deep_copy(data: Any) -> Any:
 
 
 def model_fields(config_cls: type) -> set[str]:
-    if dataclasses.is_dataclass(config_cls):
-        return {f.name for f in dataclasses.fields(config_cls)}
-    fields = getattr(config_cls, "model_fields", None)  # pydantic model configs
-    return set(fields) if fields is not None else set()
+    """The hyperparameter names of a family's (dataclass) model config."""
+    return (
+        {f.name for f in dataclasses.fields(config_cls)}
+        if dataclasses.is_dataclass(config_cls)
+        else set()
+    )
 
 
 def check_against_registry(cfg: ScanConfig, where: str = "scan config") -> ScanConfig:
-    """Family known, parameter names valid, objective metrics reported; fills the default space."""
-    from models.registry import REGISTRY
+    """Family found (a registered name or ``"pkg.module:ATTR"``, imported and validated here,
+    before any trial), parameter names valid, objective metrics reported; fills the default
+    space."""
+    from models.registry import get_family, is_import_string
 
-    family = REGISTRY.get(cfg.family)
-    if family is None:
-        raise ConfigError(
-            f"{where}: family: unknown model family {cfg.family!r} (known: {sorted(REGISTRY)})"
-        )
+    try:
+        family = get_family(cfg.family)
+    except ConfigError as exc:  # import-string errors start with "family '...':"
+        at = "" if is_import_string(cfg.family) else "family: "
+        raise ConfigError(f"{where}: {at}{exc}") from None
     if cfg.search_space is None:
-        default = {k: Param.model_validate(list(v)) for k, v in dict(family.search_space()).items()}
+        default: dict[str, Param] = {}
+        for k, v in dict(family.search_space()).items():
+            try:
+                default[k] = Param.model_validate(list(v))
+            except ValidationError as exc:
+                msg = _format_validation(f"family {cfg.family!r}: search_space()[{k!r}]", exc)
+                raise ConfigError(f"{where}: {msg}") from None
         cfg = cfg.model_copy(update={"search_space": default})
     allowed = model_fields(family.config_cls) | set(TRAIN_PARAMS)
     for section, names in (("search_space", cfg.space), ("fixed", cfg.fixed)):
@@ -357,7 +309,7 @@ def check_against_registry(cfg: ScanConfig, where: str = "scan config") -> ScanC
                 f"{where}: {at}: family {cfg.family!r} does not report metric {obj.metric!r} "
                 f"(it reports: {sorted(reported)})"
             )
-        modes = getattr(family, "metric_modes", None) or {}
+        modes = family.metric_modes
         if obj.metric in modes and modes[obj.metric] != obj.mode:
             at = f"{key}.{i}.mode" if cfg.objectives else f"{key}.mode"
             raise ConfigError(
@@ -391,8 +343,6 @@ def check_space(cfg: ScanConfig, where: str = "scan config") -> None:
                         f"{where}: search_space.{name}.when.{parent}: value(s) {bad} are not "
                         f"among its choices {pp.values}"
                     )
-    from scan.space import sample_order
-
     try:
         sample_order(space)
     except ValueError as exc:
@@ -403,8 +353,6 @@ def check_space(cfg: ScanConfig, where: str = "scan config") -> None:
             f"use one of {list(MULTI_OBJECTIVE_SEARCHERS)}"
         )
     if cfg.searcher == "grid":
-        from scan.space import grid_values
-
         for name, p in space.items():
             try:
                 grid_values(p)
@@ -416,8 +364,6 @@ def check_space(cfg: ScanConfig, where: str = "scan config") -> None:
                     "sampling searcher (tpe, random, cmaes), not grid"
                 )
     if cfg.searcher == "grid":
-        from scan.space import grid_size
-
         n = grid_size(space)
         if cfg.num_trials > n:
             raise ConfigError(

@@ -58,9 +58,9 @@ log = logging.getLogger(__name__)
 
 def _static(cfg: ScanConfig) -> dict[str, Any]:
     primary = cfg.objective_list[0]
-    from models.registry import REGISTRY
+    from models.registry import get_family
 
-    family = REGISTRY[cfg.family]
+    family = get_family(cfg.family)
     # Early stopping and best.pt follow the primary objective when the loop can monitor it.
     monitorable = {"val_loss", "train_loss", *family.metrics}
     monitor, mode = (primary.metric, primary.mode)

@@ -1,12 +1,11 @@
-"""One contract for every registered model family, plus unfolding- and smearing-specific checks.
+"""One contract for every registered model family (models.testing, the same check users run on
+their own family), plus unfolding- and smearing-specific checks.
 
 Run: ``.venv/bin/python -m pytest tests/test_models_contract.py -q``
 """
 
 from __future__ import annotations
 
-import dataclasses
-import io
 import math
 from collections.abc import Callable
 from typing import Any
@@ -18,13 +17,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from models import REGISTRY, UnknownFamilyError, get_family, make_config
-from models.base import DataSpec, StepFn, standardisation_vectors
+from models.base import Calibratable, DataSpec, HepModel, Standardisable, standardisation_vectors
 from models.errors import ConfigError
+from models.manifest import Manifest
+from models.testing import check_family, make_batch
 
 N_BINS = 6
 N_RES = 8
 EDGES = [float(v) for v in np.linspace(65.0, 115.0, N_BINS + 1)]
-MANIFEST: dict[str, Any] = {
+RAW: dict[str, Any] = {
     "sample": "toy",
     "features": ["m", "pt1", "pt2"],
     "unfold": {"quantity": "m", "edges": EDGES},
@@ -38,29 +39,8 @@ MANIFEST: dict[str, Any] = {
     },
     "generative": {"condition": ["truth_pt", "truth_eta"], "target": ["reco_pt", "reco_eta"]},
 }
+MANIFEST = Manifest.from_dict(RAW)
 BATCH = 32
-
-
-def make_batch(spec: DataSpec, n: int = BATCH, seed: int = 0) -> dict[str, Tensor]:
-    """Tiny random tensors shaped like the loop's batches, generated per column name."""
-    g = torch.Generator().manual_seed(seed)
-
-    def column(name: str) -> Tensor:
-        if name in ("truth_bin", "reco_bin"):
-            return torch.randint(0, N_BINS, (n,), generator=g)
-        if name.startswith("res_"):
-            return torch.randint(0, N_RES + 1, (n,), generator=g)
-        return torch.randn(n, generator=g)
-
-    x = torch.stack([column(c).float() for c in spec.x_columns], dim=1)
-    ys = [column(c) for c in spec.y_columns]
-    if spec.target_kind == "class":
-        y = ys[0].long()
-    elif spec.target_kind == "multiclass":
-        y = torch.stack(ys, dim=1).long()
-    else:
-        y = torch.stack(ys, dim=1).float()
-    return {"x": x, "y": y}
 
 
 def build(name: str, seed: int = 0) -> tuple[Any, DataSpec]:
@@ -86,25 +66,6 @@ def _g(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def recording_step_fn(grads: dict[str, Tensor], names: dict[int, str]) -> StepFn:
-    def step_fn(opt: torch.optim.Optimizer, loss: Tensor) -> None:
-        opt.zero_grad()
-        loss.backward()
-        for group in opt.param_groups:
-            for p in group["params"]:
-                assert p.grad is not None, f"{names[id(p)]}: no gradient"
-                grads[names[id(p)]] = p.grad.detach().clone()
-        opt.step()
-
-    return step_fn
-
-
-def plain_step_fn(opt: torch.optim.Optimizer, loss: Tensor) -> None:
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-
-
 EXPECTED_SHAPE: dict[str, Callable[[int], tuple[int, ...]]] = {
     "unfold_bins": lambda n: (n, N_BINS),
     "unfold_migration": lambda n: (n, 2 * 3 + 1),  # default migration_range 3
@@ -123,70 +84,24 @@ def test_registry_names() -> None:
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_family_contract(name: str) -> None:
+    """The contract users run on their own family (models.testing), on every built-in."""
     family = REGISTRY[name]
     assert family.name == name
     assert "val_loss" in family.metrics
     assert set(family.metric_modes) == set(family.metrics)
-    assert set(family.search_space()) <= {f.name for f in dataclasses.fields(family.config_cls)}
-    model, spec = build(name)
-    batch = make_batch(spec)
-    assert batch["x"].shape == (BATCH, spec.dims.n_inputs)
-
-    # Output shapes.
-    assert tuple(outputs(name, model, batch).shape) == EXPECTED_SHAPE[name](BATCH)
-
-    # One (or, for the GAN, a few) training steps: a finite, non-zero gradient on every
-    # parameter of every optimizer.
-    model.train()
-    names = {id(p): n for n, p in model.named_parameters()}
-    grads: dict[str, Tensor] = {}
-    optimizers = model.configure_optimizers(1e-3)  # type: ignore[operator]
-    assert all(isinstance(o, torch.optim.Adam) for o in optimizers)
-    for _ in range(2 if name == "gan" else 1):
-        stats = model.training_step(batch, optimizers, recording_step_fn(grads, names))  # type: ignore[operator]
-        assert all(math.isfinite(v) for v in stats.values()), stats
-    assert set(grads) == set(names.values()), set(names.values()) - set(grads)
-    for pname, grad in grads.items():
-        assert torch.isfinite(grad).all(), pname
-        assert grad.abs().sum() > 0, f"{pname}: gradient is all zero"
-
-    # evaluate: every declared metric, as float, and the mode restored.
-    model.train()
-    metrics = model.evaluate(make_batch(spec, n=64, seed=3))  # type: ignore[operator]
-    assert model.training
-    assert set(family.metrics) <= set(metrics)
-    assert all(isinstance(v, float) for v in metrics.values())
-    assert math.isfinite(metrics["val_loss"])
-
-    # Save/load round trip: state_dict + config dict rebuild an identical model.
-    buf = io.BytesIO()
-    torch.save({"state_dict": model.state_dict(), "config": dataclasses.asdict(model.config)}, buf)
-    buf.seek(0)
-    ckpt = torch.load(buf, weights_only=True)
-    clone = family.build(make_config(family, ckpt["config"]), spec.dims)
-    clone.load_state_dict(ckpt["state_dict"])
-    assert torch.equal(outputs(name, model, batch), outputs(name, clone, batch))
+    check_family(family, MANIFEST)
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
-def test_family_determinism(name: str) -> None:
-    runs = []
-    for _ in range(2):
-        model, spec = build(name, seed=11)
-        params0 = {k: v.clone() for k, v in model.state_dict().items()}
-        batch = make_batch(spec)
-        model.train()
-        optimizers = model.configure_optimizers(1e-3)  # type: ignore[operator]
-        torch.manual_seed(5)
-        stats = [model.training_step(batch, optimizers, plain_step_fn) for _ in range(2)]  # type: ignore[operator]
-        runs.append((params0, stats, model.state_dict()))
-    (p_a, s_a, after_a), (p_b, s_b, after_b) = runs
-    assert p_a.keys() == p_b.keys()
-    assert all(torch.equal(p_a[k], p_b[k]) for k in p_a)
-    assert s_a == s_b
-    assert all(torch.equal(after_a[k], after_b[k]) for k in after_a)
-    # ... and the step changed the weights.
-    assert any(not torch.equal(p_a[k], after_a[k]) for k in p_a if p_a[k].is_floating_point())
+def test_output_shapes(name: str) -> None:
+    model, spec = build(name)
+    batch = make_batch(spec)
+    assert batch["x"].shape == (BATCH, spec.dims.n_inputs)
+    assert tuple(outputs(name, model, batch).shape) == EXPECTED_SHAPE[name](BATCH)
+    assert all(isinstance(o, torch.optim.Adam) for o in model.configure_optimizers(1e-3))  # type: ignore[operator]
+    assert isinstance(model, HepModel)
+    assert isinstance(model, Calibratable) == (name == "unfold_bins")
+    assert isinstance(model, Standardisable) == (name in ("resolution", "gan", "flow"))
 
 
 @pytest.mark.parametrize("name", ["resolution", "gan", "flow"])
@@ -231,7 +146,7 @@ def test_smear_maps_classes_into_their_bins() -> None:
     assert ok.all()
     e = [
         torch.tensor(q["edges"], dtype=torch.float32)
-        for q in MANIFEST["resolution"]["quantities"].values()
+        for q in RAW["resolution"]["quantities"].values()
     ]
     rel = (reco[:, 0] - truth[:, 0]) / truth[:, 0]  # relative pt
     assert ((rel >= e[0][2] - 1e-6) & (rel <= e[0][3] + 1e-6)).all()
@@ -326,16 +241,18 @@ def test_unfold_migration_cut_vs_clip_targets() -> None:
     ],
 )
 def test_data_spec_names_missing_manifest_key(name: str, missing: str) -> None:
-    manifest = {k: v for k, v in MANIFEST.items() if k != missing}
-    with pytest.raises(ValueError, match=f"'{missing}'"):
+    manifest = Manifest.from_dict({k: v for k, v in RAW.items() if k != missing})
+    with pytest.raises(ValueError, match=f"needs the '{missing}' section"):
         get_family(name).data_spec(manifest)
 
 
 def test_bad_edges_and_unknown_params() -> None:
-    bad = dict(MANIFEST, unfold={"edges": [1.0, 3.0, 2.0]})
+    bad = Manifest.from_dict(dict(RAW, unfold={"edges": [1.0, 3.0, 2.0]}))
     with pytest.raises(ConfigError, match="strictly increasing"):
         get_family("unfold_bins").data_spec(bad)
-    bad_res = dict(MANIFEST, resolution={"n_classes": 4, "quantities": {"pt": {"edges": [0, 1]}}})
+    bad_res = Manifest.from_dict(
+        dict(RAW, resolution={"n_classes": 4, "quantities": {"pt": {"edges": [0, 1]}}})
+    )
     with pytest.raises(ConfigError, match="resolution.quantities.pt.edges"):
         get_family("resolution").data_spec(bad_res)
     with pytest.raises(ConfigError, match=r"unknown parameter\(s\) \['widht'\]"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import pickle
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,17 @@ import yaml
 from jobs.train_synthetic import write_unfold_dataset
 from models.errors import ConfigError
 from scan.config import load_scan_config, parse_override
-from scan.space import DefineByRun, grid_points, is_active, make_sampler, sample_order, to_tune
+from scan.params import Param, grid_values, is_active, sample_order
+from scan.space import DefineByRun, make_sampler
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def grid_points(space: dict[str, Param]) -> list[dict[str, Any]]:
+    """Every point of a grid space."""
+    names = list(space)
+    axes = [grid_values(space[n]) for n in names]
+    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*axes)]
 
 
 def base(**over: Any) -> dict[str, Any]:
@@ -196,6 +205,7 @@ def test_grid_and_cmaes_and_nsga2() -> None:
     cfg = load_scan_config(base(searcher="grid", search_space=space, num_trials=6))
     seen = _ask(cfg, 6)
     assert sorted(map(str, seen)) == sorted(map(str, grid_points(cfg.space)))
+    assert len(seen) == 6
     with pytest.raises(ConfigError, match="num_trials: 7 exceeds the 6 points"):
         load_scan_config(base(searcher="grid", search_space=space, num_trials=7))
     cma = load_scan_config(base(searcher="cmaes", search_space={"alpha": ["uniform", 1, 2]}))
@@ -212,17 +222,11 @@ def test_grid_and_cmaes_and_nsga2() -> None:
     assert isinstance(make_sampler(nsga), optuna.samplers.NSGAIISampler)
 
 
-def test_to_tune_space_conditional() -> None:
-    from ray.tune.search.sample import Domain
-
+def test_is_active_follows_conditions() -> None:
     cfg = load_scan_config(base())
-    space = to_tune(cfg.space)
-    assert isinstance(space["alpha"], Domain) and isinstance(space["depth"], Domain)
-    fn = space["dropout"].func  # tune.sample_from wrapper
-    assert fn({"batchnorm": True}) is None
-    v = fn({"batchnorm": False})
-    assert 0.0 <= v <= 0.4
     assert is_active(cfg.space["dropout"], {"batchnorm": False})
+    assert not is_active(cfg.space["dropout"], {"batchnorm": True})
+    assert not is_active(cfg.space["dropout"], {})
 
 
 def test_nothing_starts_for_a_bad_config(tmp_path: Path) -> None:

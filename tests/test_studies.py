@@ -21,6 +21,7 @@ from benchmarks.studies import (
     unfolding_table,
 )
 from models import baselines
+from models.manifest import Manifest
 
 
 def _finite(x: object) -> bool:
@@ -204,7 +205,7 @@ def test_resolution_class_targets_cover_inefficiency() -> None:
     assert np.all(y[~ok] == 50) and np.all((y[ok] >= 0) & (y[ok] < 50))
     assert len(manifest["resolution"]["quantities"]["pt"]["edges"]) == 51
     # accepted by the family's own manifest validation
-    spec = common.registry_family("resolution").data_spec(manifest)
+    spec = common.registry_family("resolution").data_spec(Manifest.from_dict(manifest))
     assert spec.dims.n_classes == (51,) * 4
 
 

@@ -30,6 +30,7 @@ from torch import nn
 
 from models import baselines
 from models.base import Family, default_device
+from models.manifest import Manifest
 from models.metrics import unfolding_scores
 
 DEFAULT_ROOT = Path("studies-output")
@@ -199,8 +200,13 @@ def registry_family(name: str) -> Family:
     return family
 
 
-def build_model(family: Family, config: Any, manifest: Mapping[str, Any], seed: int) -> nn.Module:
-    """The family's network for a manifest-like dict (``data_spec`` validates it)."""
+def build_model(
+    family: Family, config: Any, manifest: Manifest | Mapping[str, Any], seed: int
+) -> nn.Module:
+    """The family's network for a manifest (or the dict of its fields that the family reads;
+    ``data_spec`` validates it)."""
+    if not isinstance(manifest, Manifest):
+        manifest = Manifest.from_dict(manifest)
     spec = family.data_spec(manifest)
     torch.manual_seed(seed)
     return family.build(config, spec.dims).to(default_device())

@@ -8,7 +8,6 @@ them with ``_standardise_stats``/``_apply_stats``.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,13 +25,6 @@ MODEL_DIM_KEYS = ("n_bins", "n_classes", "n_inputs", "n_features")
 
 def resolve_family(name: str) -> Any:
     """A registered :class:`models.base.Family`, or ``"pkg.module:ATTR"`` for one defined elsewhere."""
-    if ":" in name:
-        module_name, attr = name.split(":", 1)
-        try:
-            family = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ConfigError(f"key 'family': cannot import {name!r} ({exc})") from None
-        return family
     from models.registry import get_family
 
     try:
@@ -56,7 +48,7 @@ def prepare(config: TrainConfig) -> Prepared:
     manifest = load_manifest(config.dataset)
     mpath = manifest.root / MANIFEST_NAME
     family = resolve_family(config.family)
-    spec = family.data_spec(manifest.raw)
+    spec = family.data_spec(manifest)
     wanted = list(dict.fromkeys([*spec.x_columns, *spec.y_columns]))
     missing = [c for c in wanted if c not in manifest.columns]
     if missing:

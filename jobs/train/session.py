@@ -181,10 +181,10 @@ class TrainSession:
 
         _seed_everything(cfg.seed, 0xB01D)
         model = prep.family.build(prep.model_config, prep.spec.dims)
-        if hasattr(model, "set_standardisation"):
-            # Families that output physical values keep the loop's standardisation as buffers.
-            from models.base import standardisation_vectors
+        from models.base import Standardisable, standardisation_vectors
 
+        if isinstance(model, Standardisable):
+            # Families that output physical values keep the loop's standardisation as buffers.
             mean = {k: m for k, (m, _) in self.stats.items()}
             std = {k: s for k, (_, s) in self.stats.items()}
             model.set_standardisation(*standardisation_vectors(prep.spec, mean, std))
@@ -343,10 +343,11 @@ class TrainSession:
                 f"(family {self.config.family!r}, lr {self.config.lr})"
             )
 
-        calibrate = getattr(self.model, "calibrate", None) if self.config.calibrate else None
-        if calibrate is not None:
+        from models.base import Calibratable
+
+        if self.config.calibrate and isinstance(self.model, Calibratable):
             # a millionth of an event per bin is plenty, and bounds the cost of every epoch
-            calibrate(
+            self.model.calibrate(
                 self.x_train,
                 self.y_train,
                 tol=1e-6,
