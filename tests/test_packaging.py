@@ -52,3 +52,26 @@ def test_scan_exposes_launch_lazily() -> None:
     assert scan.__all__ == ["launch", "resume"]
     with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
         _ = scan.nonexistent  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "module", ["models", "models.errors", "models.manifest", "jobs", "jobs.preprocess"]
+)
+def test_errors_and_preprocessing_do_not_import_torch(module: str) -> None:
+    """Every Dask preprocessing worker imports jobs.preprocess (and so models.errors): torch
+    there cost ~3 s per worker process."""
+    code = f"import sys, {module}\nprint('torch' in sys.modules)\n"
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    assert out == "False", f"importing {module} loaded torch"
+
+
+def test_models_names_load_lazily() -> None:
+    import models
+
+    assert models.get_family("unfold_bins").name == "unfold_bins"
+    for name in models.__all__:  # every public name resolves to its home module's object
+        assert getattr(models, name) is getattr(sys.modules[models._HOME[name]], name)
+    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+        _ = models.nonexistent  # type: ignore[attr-defined]
