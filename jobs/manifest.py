@@ -30,6 +30,7 @@ one it does not know (newer hepscan). Datasets from before the key was unified, 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -145,19 +146,7 @@ def load_manifest(path: str | os.PathLike[str]) -> Manifest:
     for key in ("sample", "features", "scaler", "splits", "columns"):
         if key not in raw:
             raise InputError(f"{p}: manifest lacks key {key!r}")
-    return Manifest(
-        root=p.parent,
-        sample=raw["sample"],
-        features=list(raw["features"]),
-        scaler=raw["scaler"],
-        splits=raw["splits"],
-        columns=raw["columns"],
-        unfold=raw.get("unfold"),
-        resolution=raw.get("resolution"),
-        generative=raw.get("generative"),
-        version=version,
-        raw=raw,
-    )
+    return dataclasses.replace(Manifest.from_dict(raw, root=p.parent), version=version)
 
 
 def load_split(

@@ -58,6 +58,7 @@ class Manifest:
             unfold=raw.get("unfold"),
             resolution=raw.get("resolution"),
             generative=raw.get("generative"),
+            version=int(raw.get("manifest_version", raw.get("version", MANIFEST_VERSION))),
             raw=dict(raw),
         )
 

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from models import baselines
-from models.base import Family, default_device
+from models.base import Calibratable, Family, default_device
 from models.manifest import Manifest
 from models.metrics import unfolding_scores
 
@@ -294,11 +294,10 @@ def fit(
     model.load_state_dict(best_state)
     model.eval()
     calibration: dict[str, float] = {}
-    calibrate = getattr(model, "calibrate", None)
-    if settings.calibrate and calibrate is not None:
+    if settings.calibrate and isinstance(model, Calibratable):
         # All rows, validation included: the fit has only one offset per class, and the
         # calibration sample's own Poisson noise enters the unfolded result, so use the most.
-        calibration = calibrate(
+        calibration = model.calibrate(
             torch.as_tensor(x, dtype=torch.float32, device=dev),
             torch.as_tensor(y, dtype=torch.int64, device=dev),
             None if weights is None else torch.as_tensor(weights, dtype=torch.float64),
