@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -347,8 +348,17 @@ def test_scan_on_two_nodes(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # the demo's trials: 2 Horovod ranks each, placed by Ray inside the SLURM allocation
+    # the demo's trials: 2 Horovod ranks each, placed by Ray inside the SLURM allocation, of a
+    # user's own family (examples/custom_family/resmlp.py) named by its import string: the
+    # module sits in the submit directory only, so the login node, the driver and the Ray
+    # workers (and Horovod ranks) on both nodes must each import it from there
     cfg = _scan_config(zll, tmp_path, num_trials=4, max_epochs=2, backend="horovod")
+    shutil.copy(ROOT / "examples" / "custom_family" / "resmlp.py", tmp_path / "resmlp.py")
+    example = yaml.safe_load((ROOT / "examples" / "custom_family" / "scan.yaml").read_text())
+    data = yaml.safe_load(cfg.read_text())
+    data.update(family="resmlp:FAMILY", search_space=example["search_space"])
+    data["fixed"] = {"patience": 3, "batch_size": 256}
+    cfg.write_text(yaml.safe_dump(data))
     scan_dir = tmp_path / "scan"
     args = ["slurm", "submit", str(cfg), "--nodes", "2", "--cpus-per-node", "2"]
     args += ["--time", "00:15:00", "--run-dir", str(tmp_path / "run"), "--scan-dir", str(scan_dir)]
@@ -371,6 +381,7 @@ def test_scan_on_two_nodes(
     assert len(children) == 4
     assert {c.info.status for c in children} == {"FINISHED"}
     assert {c.data.tags.get("hepscan.host") for c in children} == {"hsnode1", "hsnode2"}
+    assert {c.data.params.get("family") for c in children} == {"resmlp:FAMILY"}
 
 
 def test_scan_requeue_resumes_without_duplicates(cluster: str, zll: Path, tmp_path: Path) -> None:
