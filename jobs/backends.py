@@ -16,9 +16,16 @@ Gradient averaging
   produced through ``DDP.forward``; families whose ``training_step`` calls sub-modules directly
   (GAN generator/critic, flows' ``log_prob``) would silently train without synchronisation, and
   DDP's "find_unused_parameters" rules break on multi-optimizer steps. Instead
-  :meth:`DdpComm.step` allreduce-averages the optimizer's gradients after ``backward()`` in one
-  flattened buffer: the same arithmetic as DDP (sum / world size), valid for any family, and
-  one collective per step.
+  :class:`DdpComm` allreduce-averages the optimizer's gradients in buckets (~25 MB, parameters
+  in reverse order) started *during* ``backward()`` from per-parameter post-accumulate hooks,
+  in bucket order on every rank, as DDP does, so communication overlaps the rest of the
+  backward pass; :meth:`DdpComm.step` waits for them before ``optimizer.step()``. The same
+  arithmetic as DDP (sum / world size), valid for any family.
+
+Mixed precision: ``step(optimizer, loss, scaler)`` takes an optional ``torch.amp.GradScaler``
+(``precision: fp16``): the scaled loss is back-propagated, gradients are averaged, then
+``scaler.step``/``scaler.update``; every rank sees the same averaged gradients, so every rank
+skips the same overflowing steps.
 
 Both give, with equal per-rank batch sizes and a mean-reduced loss, the gradient of the whole
 global batch, hence the same weights as one process (tests/test_train_distributed.py).
@@ -57,8 +64,11 @@ class Comm:
         self.size = 1
         self.local_rank = 0
 
-    def init(self, device_type: str = "cpu") -> None:
-        """Join the process group (no-op for a single process)."""
+    def init(self, device: torch.device | str = "cpu") -> None:
+        """Join the process group (no-op for a single process); ``device`` is this rank's."""
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)
 
     def allreduce_mean(self, values: Mapping[str, float]) -> dict[str, float]:
         """Average a dict of floats over ranks; keys must be the same on every rank."""
@@ -83,11 +93,16 @@ class Comm:
     ) -> list[torch.optim.Optimizer]:
         return optimizers
 
-    def step(self, optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
-        """The ``step_fn`` handed to ``training_step``."""
+    def step(self, optimizer: torch.optim.Optimizer, loss: Tensor, scaler: Any = None) -> None:
+        """The ``step_fn`` handed to ``training_step`` (``scaler``: fp16 loss scaling)."""
         optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
 
     def finish_epoch(self, optimizers: list[torch.optim.Optimizer]) -> None:
         """Drain anything asynchronous before evaluation/checkpointing."""
@@ -108,14 +123,12 @@ class HorovodComm(Comm):
 
         self.hvd = hvd
 
-    def init(self, device_type: str = "cpu") -> None:
+    def init(self, device: torch.device | str = "cpu") -> None:
+        super().init(device)  # the rank's own GPU (jobs.placement), before NCCL starts
         hvd = self.hvd
         if not hvd.is_initialized():
             hvd.init()
         self.rank, self.size, self.local_rank = hvd.rank(), hvd.size(), hvd.local_rank()
-        if device_type == "cuda":
-            # modulo: under Ray each worker may see only its own GPU(s)
-            torch.cuda.set_device(self.local_rank % torch.cuda.device_count())
 
     def allreduce_mean(self, values: Mapping[str, float]) -> dict[str, float]:
         keys = sorted(values)
@@ -154,12 +167,20 @@ class HorovodComm(Comm):
             )
         return wrapped
 
-    def step(self, optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
+    def step(self, optimizer: torch.optim.Optimizer, loss: Tensor, scaler: Any = None) -> None:
         if getattr(optimizer, "_handles", None):
             optimizer.synchronize()  # type: ignore[attr-defined]  # see module docstring
         optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+            return
+        scaler.scale(loss).backward()
+        optimizer.synchronize()  # type: ignore[attr-defined]  # averaged, still scaled
+        scaler.unscale_(optimizer)
+        with optimizer.skip_synchronize():  # type: ignore[attr-defined]
+            scaler.step(optimizer)
+        scaler.update()
 
     def finish_epoch(self, optimizers: list[torch.optim.Optimizer]) -> None:
         for opt in optimizers:
@@ -180,9 +201,12 @@ class DdpComm(Comm):
         self._owns_group = False
         self.device = torch.device("cpu")
 
-    def init(self, device_type: str = "cpu") -> None:
+    def init(self, device: torch.device | str = "cpu") -> None:
         import torch.distributed as dist
 
+        device = torch.device(device)
+        device_type = device.type
+        super().init(device)
         if not dist.is_initialized():
             needed = ["MASTER_ADDR", "MASTER_PORT"]
             needed += ["RANK"] if self._want_rank is None else []
@@ -197,9 +221,6 @@ class DdpComm(Comm):
             rank = self._want_rank if self._want_rank is not None else int(os.environ["RANK"])
             size = self._want_size if self._want_size is not None else int(os.environ["WORLD_SIZE"])
             backend = "nccl" if device_type == "cuda" else "gloo"
-            if device_type == "cuda":
-                local = int(os.environ.get("LOCAL_RANK", rank))
-                torch.cuda.set_device(local % torch.cuda.device_count())
             dist.init_process_group(backend, init_method="env://", rank=rank, world_size=size)
             self._owns_group = True
         self.rank, self.size = dist.get_rank(), dist.get_world_size()
@@ -218,9 +239,9 @@ class DdpComm(Comm):
     def allreduce_sum(self, tensor: Tensor) -> Tensor:
         import torch.distributed as dist
 
-        out = tensor.clone()
+        out = tensor.to(self.device, copy=True)  # nccl reduces device tensors only
         dist.all_reduce(out)
-        return out
+        return out.to(tensor.device)
 
     def broadcast_object(self, obj: Any) -> Any:
         import torch.distributed as dist
@@ -244,20 +265,27 @@ class DdpComm(Comm):
             if state["state"]:  # fresh optimizers are identical already (see HorovodComm)
                 opt.load_state_dict(self.broadcast_object(state))
 
-    def step(self, optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
-        import torch.distributed as dist
-        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+    def wrap_optimizers(
+        self, model: nn.Module, optimizers: list[torch.optim.Optimizer]
+    ) -> list[torch.optim.Optimizer]:
+        self._overlap = {id(opt): GradientBuckets(opt, self.size) for opt in optimizers}
+        return optimizers
 
+    def step(self, optimizer: torch.optim.Optimizer, loss: Tensor, scaler: Any = None) -> None:
+        buckets = self._overlap.get(id(optimizer)) if hasattr(self, "_overlap") else None
+        if buckets is None:  # an optimizer not seen by wrap_optimizers
+            buckets = self._overlap.setdefault(id(optimizer), GradientBuckets(optimizer, self.size))
         optimizer.zero_grad()
-        loss.backward()
-        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        if grads:
-            flat = _flatten_dense_tensors(grads)
-            dist.all_reduce(flat)
-            flat /= self.size
-            for g, avg in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
-                g.copy_(avg)
-        optimizer.step()
+        buckets.begin()
+        try:
+            (loss if scaler is None else scaler.scale(loss)).backward()
+        finally:
+            buckets.finish()
+        if scaler is None:
+            optimizer.step()
+        else:
+            scaler.step(optimizer)
+            scaler.update()
 
     def barrier(self) -> None:
         import torch.distributed as dist
@@ -270,6 +298,85 @@ class DdpComm(Comm):
         if self._owns_group and dist.is_initialized():
             dist.destroy_process_group()
             self._owns_group = False
+
+
+class GradientBuckets:
+    """All-reduce-average of one optimizer's gradients, overlapped with ``backward()``.
+
+    Parameters are grouped in reverse order into buckets of about ``bucket_bytes``. A
+    post-accumulate-grad hook counts each parameter's gradient as ready; once every gradient of
+    the next bucket in line is ready, its flattened copy is all-reduced asynchronously. Buckets
+    start in index order on every rank (the collectives match across ranks); :meth:`finish`
+    starts the rest (parameters that got no gradient this time), waits, and writes the averages
+    back. Hooks fire only between :meth:`begin` and :meth:`finish`, so a backward that reaches
+    another optimizer's parameters (the GAN's generator loss) starts nothing for them.
+    """
+
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, size: int, bucket_bytes: int = 25 << 20
+    ) -> None:
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
+        self.size = size
+        self.buckets: list[list[Tensor]] = []
+        self.where: dict[int, int] = {}
+        cur: list[Tensor] = []
+        nbytes = 0
+        for p in reversed(params):
+            cur.append(p)
+            nbytes += p.numel() * p.element_size()
+            if nbytes >= bucket_bytes:
+                self.buckets.append(cur)
+                cur, nbytes = [], 0
+        if cur:
+            self.buckets.append(cur)
+        for i, bucket in enumerate(self.buckets):
+            for p in bucket:
+                self.where[id(p)] = i
+                p.register_post_accumulate_grad_hook(self._ready)
+        self.active = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self.ready = [0] * len(self.buckets)
+        self.next = 0
+        self.pending: list[tuple[Any, Tensor, list[Tensor]]] = []
+
+    def begin(self) -> None:
+        self._reset()
+        self.active = True
+
+    def _ready(self, p: Tensor) -> None:
+        if not self.active:
+            return
+        self.ready[self.where[id(p)]] += 1
+        while self.next < len(self.buckets) and self.ready[self.next] == len(
+            self.buckets[self.next]
+        ):
+            self._launch(self.next)
+            self.next += 1
+
+    def _launch(self, i: int) -> None:
+        import torch.distributed as dist
+        from torch._utils import _flatten_dense_tensors
+
+        grads = [p.grad for p in self.buckets[i] if p.grad is not None]
+        if grads:
+            flat = _flatten_dense_tensors(grads)
+            self.pending.append((dist.all_reduce(flat, async_op=True), flat, grads))
+
+    def finish(self) -> None:
+        from torch._utils import _unflatten_dense_tensors
+
+        self.active = False
+        while self.next < len(self.buckets):
+            self._launch(self.next)
+            self.next += 1
+        for handle, flat, grads in self.pending:
+            handle.wait()
+            flat /= self.size
+            for g, avg in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
+                g.copy_(avg)
+        self.pending = []
 
 
 def make_comm(backend: str, rank: int | None = None, world_size: int | None = None) -> Comm:

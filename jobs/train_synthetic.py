@@ -32,8 +32,12 @@ def write_unfold_dataset(
     lo: float = 65.0,
     hi: float = 115.0,
     train_shards: int = 2,
+    row_group_rows: int = 128,
 ) -> Path:
-    """Write ``rows`` events split 70/15/15 into train/validation/test; returns the directory."""
+    """Write ``rows`` events split 70/15/15 into train/validation/test; returns the directory.
+
+    Shards hold Parquet row groups of ``row_group_rows`` rows (small, so that even tiny
+    datasets stream as several row groups per shard, as large ones do)."""
     rng = np.random.default_rng(seed)
     truth = np.where(
         rng.random(rows) < 0.8,
@@ -65,7 +69,7 @@ def write_unfold_dataset(
     columns["reco_m"] = reco.astype(np.float64)
     columns["weight"] = np.ones(rows)
     split = rng.choice(3, size=rows, p=[0.7, 0.15, 0.15])
-    return _write(path, columns, split, names, mean, std, edges, train_shards)
+    return _write(path, columns, split, names, mean, std, edges, train_shards, row_group_rows)
 
 
 def _write(
@@ -77,6 +81,7 @@ def _write(
     std: list[float],
     edges: np.ndarray,
     train_shards: int,
+    row_group_rows: int = 128,
 ) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -93,7 +98,11 @@ def _write(
             for k, part in enumerate(np.array_split(idx, n_shards)):
                 rel = f"{name}/part-{k:05d}.parquet"
                 (tmp / name).mkdir(exist_ok=True)
-                pq.write_table(pa.table({c: v[part] for c, v in columns.items()}), tmp / rel)
+                pq.write_table(
+                    pa.table({c: v[part] for c, v in columns.items()}),
+                    tmp / rel,
+                    row_group_size=row_group_rows,
+                )
                 files.append({"path": rel, "rows": len(part)})
             splits[name] = {"rows": len(idx), "files": files}
         manifest = {

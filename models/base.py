@@ -22,7 +22,9 @@ backend-agnostic. A family calls it once per optimizer update and never calls ``
 (the GAN freezes the other network while its loss is built), so Horovod's per-parameter hooks
 fire once per step.
 
-``training_step`` returns the float loss(es) of the step; ``evaluate`` switches to eval mode,
+``training_step`` returns the loss(es) of the step as detached 0-d tensors (or floats; a
+``float(loss)`` costs a device sync per step on GPU, a tensor is summed on the device and read
+once per epoch); ``evaluate`` switches to eval mode,
 restores the previous mode, and returns ``{name: float}`` with at least ``val_loss`` and every
 name in ``family.metrics``; ``family.metric_modes`` says whether a scan should minimise or
 maximise each.
@@ -124,7 +126,7 @@ class HepModel(Protocol):
 
     def training_step(
         self, batch: dict[str, Tensor], optimizers: list[torch.optim.Optimizer], step_fn: StepFn
-    ) -> dict[str, float]: ...
+    ) -> dict[str, float | Tensor]: ...
 
     @torch.no_grad()
     def evaluate(self, data: dict[str, Tensor]) -> dict[str, float]: ...

@@ -104,10 +104,10 @@ class FlowNet(StandardisationBuffers):
 
     def training_step(
         self, batch: dict[str, Tensor], optimizers: list[torch.optim.Optimizer], step_fn: StepFn
-    ) -> dict[str, float]:
+    ) -> dict[str, float | Tensor]:
         loss = -self.log_prob(batch["y"], batch["x"]).mean()
         step_fn(optimizers[0], loss)
-        return {"loss": float(loss.detach())}
+        return {"loss": loss.detach()}
 
     @torch.no_grad()
     def sample_standardised(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:

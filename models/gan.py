@@ -146,7 +146,7 @@ class GANNet(StandardisationBuffers):
 
     def training_step(
         self, batch: dict[str, Tensor], optimizers: list[torch.optim.Optimizer], step_fn: StepFn
-    ) -> dict[str, float]:
+    ) -> dict[str, float | Tensor]:
         opt_g, opt_c = optimizers
         x, real = batch["x"], batch["y"]
         with torch.no_grad():
@@ -161,7 +161,7 @@ class GANNet(StandardisationBuffers):
                 d_real, torch.ones_like(d_real)
             ) + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
         step_fn(opt_c, loss_c)
-        out = {"loss_critic": float(loss_c.detach()), "critic_w": float(w.detach())}
+        out: dict[str, float | Tensor] = {"loss_critic": loss_c.detach(), "critic_w": w.detach()}
         if int(self.step_count) % self.config.n_critic == 0:
             self.critic.requires_grad_(False)
             try:
@@ -173,7 +173,7 @@ class GANNet(StandardisationBuffers):
                 step_fn(opt_g, loss_g)
             finally:
                 self.critic.requires_grad_(True)
-            out["loss_generator"] = float(loss_g.detach())
+            out["loss_generator"] = loss_g.detach()
         self.step_count += 1
         out["loss"] = out["loss_critic"]
         return out

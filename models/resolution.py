@@ -168,10 +168,10 @@ class ResolutionNet(StandardisationBuffers):
 
     def training_step(
         self, batch: dict[str, Tensor], optimizers: list[torch.optim.Optimizer], step_fn: StepFn
-    ) -> dict[str, float]:
+    ) -> dict[str, float | Tensor]:
         loss = self._loss(self(batch["x"]), batch["y"])
         step_fn(optimizers[0], loss)
-        return {"loss": float(loss.detach())}
+        return {"loss": loss.detach()}
 
     def _sample_classes(
         self, probs: Tensor, generator: torch.Generator | None

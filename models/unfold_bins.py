@@ -29,7 +29,7 @@ validation fold), before unfolding.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
@@ -183,28 +183,84 @@ class UnfoldBinsNet(nn.Module):
 
         Data-parallel: each rank passes its own rows and ``reduce`` (a sum over ranks). Every
         sum above is reduced before use, so all ranks take the same Newton steps and end with
-        the same offsets as one process holding all rows.
+        the same offsets as one process holding all rows. :meth:`calibrate_stream` does the
+        same on a stream of batches (one pass over them per Newton step).
         """
-        red: Callable[[Tensor], Tensor] = reduce if reduce is not None else (lambda t: t)
         dev = model_device(self)
         with eval_mode(self):
             raw = chunked(self.net, x.to(dev, model_dtype(self))).double()
         target = class_target(y.to(dev))
         keep = target >= 0
-        raw, target = raw[keep], target[keep]
-        w = (
-            torch.ones(len(target), dtype=torch.float64, device=dev)
-            if weights is None
-            else weights.to(dev, torch.float64).reshape(-1)[keep]
-        )
+        w = None if weights is None else weights.to(dev, torch.float64).reshape(-1)[keep]
+        data = [(raw[keep], target[keep], w)]
+        return self._fit_offsets(lambda: data, max_iter=max_iter, tol=tol, reduce=reduce)
+
+    @torch.no_grad()
+    def calibrate_stream(
+        self,
+        batches: Callable[[], Iterable[dict[str, Tensor]]],
+        *,
+        max_iter: int = 100,
+        tol: float = 1e-9,
+        reduce: Callable[[Tensor], Tensor] | None = None,
+    ) -> dict[str, float]:
+        """:meth:`calibrate` over ``batches()`` (``{"x", "y"[, "w"]}``), re-read on every pass,
+        so that memory stays bounded by one batch whatever the number of rows."""
+        dev = model_device(self)
+
+        def source() -> Iterator[tuple[Tensor, Tensor, Tensor | None]]:
+            with eval_mode(self):
+                for b in batches():
+                    raw = chunked(self.net, b["x"].to(dev, model_dtype(self))).double()
+                    target = class_target(b["y"].to(dev))
+                    keep = target >= 0
+                    w = b.get("w")
+                    w = None if w is None else w.to(dev, torch.float64).reshape(-1)[keep]
+                    yield raw[keep], target[keep], w
+
+        return self._fit_offsets(source, max_iter=max_iter, tol=tol, reduce=reduce)
+
+    def _fit_offsets(
+        self,
+        source: Callable[[], Iterable[tuple[Tensor, Tensor, Tensor | None]]],
+        *,
+        max_iter: int,
+        tol: float,
+        reduce: Callable[[Tensor], Tensor] | None,
+    ) -> dict[str, float]:
+        red: Callable[[Tensor], Tensor] = reduce if reduce is not None else (lambda t: t)
+        dev = model_device(self)
         n = self.n_bins
-        local = torch.zeros(n + 2, dtype=torch.float64, device=dev)
-        local[:n].index_add_(0, target, w)
-        local[n] = w.sum()
-        local[n + 1] = float(not bool(torch.isfinite(raw).all()))
-        sums = red(local)
-        counts, total = sums[:n], float(sums[n])
-        if sums[n + 1] > 0 or total <= 0:
+
+        def sweep(b: Tensor, first: bool) -> Tensor:
+            # [Σ w lse, Σ w p (n), negative Hessian (n*n)] (+ [counts (n), Σ w, non-finite])
+            acc = torch.zeros(1 + n + n * n + (n + 2 if first else 0), dtype=torch.float64)
+            acc = acc.to(dev)
+            hess = acc[1 + n : 1 + n + n * n].view(n, n)
+            for raw, target, w in source():
+                if w is None:
+                    w = torch.ones(len(target), dtype=torch.float64, device=dev)
+                logits = raw + b
+                lse = torch.logsumexp(logits, dim=1)
+                p = torch.exp(logits - lse[:, None])  # softmax, reusing the normaliser
+                wp = w[:, None] * p
+                acc[0] += (w * lse).sum()
+                acc[1 : 1 + n] += wp.sum(dim=0)
+                hess += torch.diag(wp.sum(dim=0)) - p.T @ wp
+                if first:
+                    tail = acc[1 + n + n * n :]
+                    tail[:n].index_add_(0, target, w)
+                    tail[n] += w.sum()
+                    tail[n + 1] += float(not bool(torch.isfinite(raw).all()))
+            return red(acc)
+
+        # warm start from the current offsets: refits after each epoch then take a step or two
+        b = self.logit_offset.to(dev, torch.float64).clone()
+        b = (b - b.max()).clamp(min=-60.0)
+        sums = sweep(b, first=True)
+        tail = sums[1 + n + n * n :]
+        counts, total = tail[:n], float(tail[n])
+        if tail[n + 1] > 0 or total <= 0:
             # a diverged network (the training loop reports it) or no rows: keep the offsets
             return {"iterations": 0.0, "max_rel_mismatch": math.inf}
         eps = 1e-9 * total / n
@@ -212,29 +268,17 @@ class UnfoldBinsNet(nn.Module):
         goal = (counts + eps) * total / (total + n * eps)
         ones = torch.ones(n, n, dtype=torch.float64, device=dev) / n
 
-        def objective(b: Tensor) -> tuple[float, Tensor, Tensor]:
-            logits = raw + b
-            lse = torch.logsumexp(logits, dim=1)
-            p = torch.exp(logits - lse[:, None])  # softmax, reusing the normaliser
-            part = torch.empty(n + 1, dtype=torch.float64, device=dev)
-            part[0] = (w * lse).sum()
-            part[1:] = (w[:, None] * p).sum(dim=0)
-            total_part = red(part)
-            value = float((goal * b).sum() - total_part[0])
-            return value, goal - total_part[1:], p
+        def unpack(b: Tensor, s: Tensor) -> tuple[float, Tensor, Tensor]:
+            value = float((goal * b).sum() - s[0])
+            return value, goal - s[1 : 1 + n], s[1 + n : 1 + n + n * n].view(n, n)
 
-        # warm start from the current offsets: refits after each epoch then take a step or two
-        b = self.logit_offset.to(dev, torch.float64).clone()
-        b = (b - b.max()).clamp(min=-60.0)
-        value, grad, p = objective(b)
+        value, grad, hess = unpack(b, sums)
         mismatch = math.inf
         it = 0
         for it in range(1, max_iter + 1):  # noqa: B007 - the count is reported
             mismatch = float((grad.abs() / counts.clamp(min=1.0)).max())
             if mismatch < tol:
                 break
-            wp = w[:, None] * p
-            hess = red(torch.diag(wp.sum(dim=0)) - p.T @ wp)  # negative Hessian, PSD
             scale = float(hess.diagonal().mean()) + 1e-300
             step = torch.linalg.solve(
                 hess + scale * ones + 1e-12 * scale * torch.eye(n, dtype=torch.float64, device=dev),
@@ -244,7 +288,7 @@ class UnfoldBinsNet(nn.Module):
             while True:  # backtracking: the objective must not decrease
                 cand = (b + t * step).clamp(-60.0, 60.0)
                 cand = cand - cand.max()
-                new_value, new_grad, new_p = objective(cand)
+                new_value, new_grad, new_hess = unpack(cand, sweep(cand, first=False))
                 if new_value >= value - 1e-12 * abs(value):
                     break
                 t *= 0.5
@@ -253,7 +297,7 @@ class UnfoldBinsNet(nn.Module):
                     # clamp): further iterations would only repeat this search
                     self.logit_offset.copy_(b.to(self.logit_offset.dtype))
                     return {"iterations": float(it), "max_rel_mismatch": mismatch}
-            b, value, grad, p = cand, new_value, new_grad, new_p
+            b, value, grad, hess = cand, new_value, new_grad, new_hess
         self.logit_offset.copy_(b.to(self.logit_offset.dtype))
         return {"iterations": float(it), "max_rel_mismatch": mismatch}
 
@@ -273,10 +317,10 @@ class UnfoldBinsNet(nn.Module):
 
     def training_step(
         self, batch: dict[str, Tensor], optimizers: list[torch.optim.Optimizer], step_fn: StepFn
-    ) -> dict[str, float]:
+    ) -> dict[str, float | Tensor]:
         loss = F.cross_entropy(self(batch["x"]), class_target(batch["y"]))
         step_fn(optimizers[0], loss)
-        return {"loss": float(loss.detach())}
+        return {"loss": loss.detach()}  # a tensor: the loop reads it once per epoch
 
     @torch.no_grad()
     def evaluate(self, data: dict[str, Tensor]) -> dict[str, float]:
@@ -295,6 +339,42 @@ class UnfoldBinsNet(nn.Module):
             "accuracy": float((logits.argmax(dim=1) == y).float().mean()),
         }
         out.update(unfolding_scores(unfolded, truth))
+        return out
+
+
+    @torch.no_grad()
+    def evaluate_stream(
+        self,
+        batches: Callable[[], Iterable[dict[str, Tensor]]],
+        reduce: Callable[[Tensor], Tensor] | None = None,
+    ) -> dict[str, float]:
+        """:meth:`evaluate` from sums over ``batches()``, all-reduced with ``reduce``: each
+        rank passes its share of the validation rows and all get the metrics of all rows."""
+        dev = model_device(self)
+        n = self.n_bins
+        # [Σ cross-entropy, correct, rows, unfolded (n), truth (n)]
+        sums = torch.zeros(3 + 2 * n, dtype=torch.float64, device=dev)
+        with eval_mode(self):
+            for b in batches():
+                x = b["x"].to(dev, model_dtype(self))
+                y = class_target(b["y"].to(dev))
+                keep = y >= 0
+                x, y = x[keep], y[keep]
+                logits = chunked(self, x).double()
+                sums[0] += F.cross_entropy(logits, y, reduction="sum")
+                sums[1] += (logits.argmax(dim=1) == y).sum()
+                sums[2] += len(y)
+                sums[3 : 3 + n] += F.softmax(logits, dim=1).sum(dim=0)
+                sums[3 + n :] += torch.bincount(y, minlength=n).double()
+        if reduce is not None:
+            sums = reduce(sums)
+        rows = float(sums[2])
+        out = {
+            "val_loss": float(sums[0]) / rows if rows else math.nan,
+            "accuracy": float(sums[1]) / rows if rows else math.nan,
+        }
+        s = sums.cpu().numpy()
+        out.update(unfolding_scores(s[3 : 3 + n], s[3 + n :]))
         return out
 
 

@@ -205,12 +205,12 @@ class UnfoldMigrationNet(nn.Module):
 
     def training_step(
         self, batch: dict[str, Tensor], optimizers: list[torch.optim.Optimizer], step_fn: StepFn
-    ) -> dict[str, float]:
+    ) -> dict[str, float | Tensor]:
         x = batch["x"]
         cls, train, _ = self._targets(x, class_target(batch["y"]))
         loss = self._masked_loss(self(x), cls, train)
         step_fn(optimizers[0], loss)
-        return {"loss": float(loss.detach()), "frac_used": float(train.float().mean())}
+        return {"loss": loss.detach(), "frac_used": train.float().mean()}
 
     @torch.no_grad()
     def evaluate(self, data: dict[str, Tensor]) -> dict[str, float]:

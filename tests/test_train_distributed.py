@@ -1,5 +1,9 @@
 """Two data-parallel ranks with global batch B give the weights of one process with batch B.
 
+Global batches are defined by the stream (jobs/train/stream.py) with ``data_parts: 2``: the
+one-process reference reads the same two parts that the two ranks read one each, so both train
+on exactly the same global batches (tests/test_train_stream.py checks that row for row).
+
 Real engines: Horovod ranks with gloo through ``horovod.runner.run`` and ``torch.distributed``
 gloo processes. Neither is skipped when missing (CI builds Horovod: .ci/install-horovod.sh).
 No dropout or batch norm: those legitimately differ per rank.
@@ -48,6 +52,7 @@ def base(dataset: Path) -> TrainConfig:
         lr=3e-3,
         patience=0,
         device="cpu",
+        data_parts=2,
     )
 
 

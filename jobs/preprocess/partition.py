@@ -290,6 +290,9 @@ class WriteSpec:
     res_edges: dict[str, tuple[float, ...]]
 
 
+ROW_GROUP_ROWS = 65536  # rows per Parquet row group: the unit training reads and shuffles
+
+
 def write_partition(res: PartitionResult, plan: Plan, spec: WriteSpec) -> list[dict[str, Any]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -319,6 +322,9 @@ def write_partition(res: PartitionResult, plan: Plan, spec: WriteSpec) -> list[d
                 use_dictionary=[c for c in part.column_names if c not in floats],
                 use_byte_stream_split=floats,
                 write_statistics=False,
+                # training streams row groups (jobs/train/stream.py): a 1 M-row shard becomes
+                # 16 units that ranks and the per-epoch shuffle can deal out
+                row_group_size=ROW_GROUP_ROWS,
             )
             data = sink.getvalue().to_pybytes()
             with open(os.path.join(spec.root, rel), "wb") as fh:

@@ -23,6 +23,7 @@ from jobs.backends import BACKENDS
 from models.errors import ConfigError, HepscanError
 
 __all__ = [
+    "PRECISIONS",
     "Reporter",
     "TrainConfig",
     "TrainResult",
@@ -30,6 +31,9 @@ __all__ = [
     "load_train_config",
     "train_config_from_dict",
 ]
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 class TrainingDiverged(HepscanError):
@@ -60,6 +64,17 @@ class TrainConfig:
     # probabilities match the training truth counts) on all training rows after every epoch,
     # before validation; families without ``calibrate`` ignore it.
     calibrate: bool = True
+    # Streaming (jobs/train/stream.py): the global batch draws batch_size / data_parts rows from
+    # each of data_parts contiguous parts of the epoch's shuffled row groups (null: one part
+    # per rank). N ranks see exactly the global batches of one process with data_parts = N.
+    data_parts: int | None = None
+    shuffle_buffer: int = 65536  # rows pooled and permuted per part (bounded shuffle)
+    prefetch: int = 2  # blocks (~65k rows per rank) read ahead by a background thread
+    # GPU efficiency: autocast precision (fp16 adds a GradScaler), TF32 matmuls on CUDA,
+    # torch.compile of the model's forward.
+    precision: str = "fp32"  # "fp32" | "bf16" | "fp16"
+    tf32: bool = True
+    compile: bool = False
 
 
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
@@ -80,6 +95,12 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "device": (str,),
     "dtype": (str,),
     "calibrate": (bool,),
+    "data_parts": (int, type(None)),
+    "shuffle_buffer": (int,),
+    "prefetch": (int,),
+    "precision": (str,),
+    "tf32": (bool,),
+    "compile": (bool,),
 }
 
 
@@ -114,6 +135,10 @@ def train_config_from_dict(data: Mapping[str, Any], source: str = "config") -> T
         ("backend", cfg.backend in BACKENDS, f"one of {list(BACKENDS)}"),
         ("mode", cfg.mode in ("min", "max"), "'min' or 'max'"),
         ("dtype", cfg.dtype in ("float32", "float64"), "'float32' or 'float64'"),
+        ("data_parts", cfg.data_parts is None or cfg.data_parts >= 1, ">= 1 or null"),
+        ("shuffle_buffer", cfg.shuffle_buffer >= 0, ">= 0"),
+        ("prefetch", cfg.prefetch >= 1, ">= 1"),
+        ("precision", cfg.precision in PRECISIONS, f"one of {list(PRECISIONS)}"),
         (
             "device",
             cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:"),
@@ -132,6 +157,22 @@ def train_config_from_dict(data: Mapping[str, Any], source: str = "config") -> T
         raise ConfigError(
             f"{source}: key 'batch_size' ({cfg.batch_size}) must be a multiple of "
             f"'workers' ({cfg.workers}): it is the global batch split evenly over ranks"
+        )
+    parts = cfg.data_parts if cfg.data_parts is not None else cfg.workers
+    if parts % cfg.workers:
+        raise ConfigError(
+            f"{source}: key 'data_parts' ({parts}) must be a multiple of 'workers' "
+            f"({cfg.workers}): each rank reads whole parts"
+        )
+    if cfg.batch_size % parts:
+        raise ConfigError(
+            f"{source}: key 'batch_size' ({cfg.batch_size}) must be a multiple of "
+            f"'data_parts' ({parts}): every global batch takes as many rows from each part"
+        )
+    if cfg.precision != "fp32" and cfg.dtype == "float64":
+        raise ConfigError(
+            f"{source}: key 'precision' is {cfg.precision!r} but 'dtype' is 'float64' "
+            "(mixed precision applies to float32 models)"
         )
     return cfg
 

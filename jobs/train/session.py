@@ -3,37 +3,39 @@
 Drive it as ``setup()``, then ``run_epoch()`` + ``save_checkpoint()`` until ``done``; scans do so
 directly on every rank, :func:`jobs.train.train` through the launchers in ``jobs.train.launch``.
 
-Batching (why the layout is unusual)
+Data (streamed, never a whole split)
 ------------------------------------
-Two requirements pull apart: N ranks with global batch B must see exactly the same global batches
-as one process with batch B (so their weights agree), and each rank keeps only its own slice of
-the training rows. Rows are therefore dealt once (seeded by ``seed``) into B *lanes*; lane j
-always feeds position j of every global batch and rank r owns lanes ``[r*B/N, (r+1)*B/N)``, i.e.
-its contiguous slice of each global batch. Each epoch, every lane is shuffled with keys drawn
-from ``(seed, epoch)`` and global batch k takes the k-th row of every lane. The set of rows in a
-global batch is thus independent of N; the only restriction compared to a free shuffle is that
-two rows of the same lane never share a batch (stratified sampling). Steps per epoch are
-``rows // B`` (drop-last, so every rank takes equally many equal-sized steps); each epoch drops
-a different random ``rows % B`` rows. If B exceeds the rows available it is lowered to the
-largest multiple of N that fits (logged).
+Before the first epoch every rank reads its share of the row groups once
+(:mod:`jobs.train.survey`): kept rows per row group, the bad-input checks, the train-split
+standardisation, all combined with one all-reduce. Each epoch then streams row groups through a
+shuffle buffer (:mod:`jobs.train.stream`: seeded per-epoch row-group order, ``data_parts``
+contiguous parts, ``batch_size / data_parts`` rows of every part per global batch), each rank
+reading only its own parts, with a background thread reading ahead. N ranks see exactly the
+global batches of one process run with ``data_parts: N``. Steps per epoch are
+``(rows // data_parts) // (batch_size / data_parts)`` (drop-last); if B exceeds the rows it is
+lowered to the largest multiple of ``data_parts`` that fits (logged).
 
 Randomness inside ``training_step`` (dropout, GAN noise) is reseeded at every epoch from
 ``(seed, epoch, rank)``, which makes resuming from a checkpoint exact without restoring RNG
 streams.
 
-Validation runs on rank 0 over the whole validation split (metrics such as chi2/ndf are not
-averages over events, so slice-and-average would be wrong) and the metrics are broadcast, so
-every rank holds the same numbers. Training statistics are averaged over steps and then over
-ranks with allreduce.
+Validation and calibration stream too. Each rank passes its contiguous share of the split
+(manifest order) to the family's ``evaluate_stream``/``calibrate_stream``
+(:mod:`models.streaming`), which all-reduce their sums: all ranks get the metrics and the
+calibration of all rows. Families without those hooks are evaluated by ``evaluate`` on rank 0
+over the validation split held in memory (metrics broadcast), and calibrated by
+``calibrate`` on each rank's share held in memory. Training statistics are summed on the device
+(no host sync per step), averaged over steps once per epoch and then over ranks.
 
-Calibration (``calibrate: true``, the default): after each epoch's training steps, families with
-a ``calibrate`` method (``unfold_bins``) refit it on all training rows before validation; the
-ranks all-reduce its sums, so the result equals one process holding every row.
+Precision (``precision``): ``bf16``/``fp16`` run ``training_step``'s forward under
+``torch.autocast`` (backward outside it); ``fp16`` scales the loss with a ``GradScaler``. TF32
+matmuls are on for CUDA unless ``tf32: false``; ``compile: true`` compiles the model's forward
+(``nn.Module.compile``). Evaluation and calibration run in the model's dtype.
 
-NaN: with one process the first non-finite loss raises :class:`TrainingDiverged`. With several
-ranks the check is collective at the end of the epoch (a NaN on one rank reaches all ranks
-through the gradient average anyway): a rank raising alone would leave the others blocked in
-the next allreduce.
+NaN: a non-finite training loss raises :class:`TrainingDiverged` at the end of the epoch (the
+losses are read once per epoch); with several ranks the check is collective (a NaN on one rank
+reaches all ranks through the gradient average anyway): a rank raising alone would leave the
+others blocked in the next allreduce.
 """
 
 from __future__ import annotations
@@ -51,9 +53,13 @@ import torch
 from torch import Tensor
 
 from jobs.backends import Comm, make_comm
+from jobs.placement import resolve_device
 from jobs.train.config import TrainConfig, TrainingDiverged, TrainResult
-from jobs.train.data import _apply_stats, _load_xy, _standardise_stats, prepare
+from jobs.train.data import prepare
+from jobs.train.feed import Feed
 from models.errors import ConfigError, InputError, OutputError
+from models.base import Calibratable
+from models.streaming import StreamCalibratable, StreamEvaluable
 
 __all__ = ["BEST", "CHECKPOINT_VERSION", "LAST", "RESUMABLE_CHANGES", "TrainSession"]
 
@@ -64,16 +70,21 @@ LAST = "last.pt"
 BEST = "best.pt"
 # TrainConfig keys that may change between a checkpoint and its resumption.
 RESUMABLE_CHANGES = frozenset(
-    {"epochs", "patience", "checkpoint_dir", "workers", "backend", "device"}
+    {
+        "epochs",
+        "patience",
+        "checkpoint_dir",
+        "workers",
+        "backend",
+        "device",
+        "data_parts",
+        "shuffle_buffer",
+        "prefetch",
+        "tf32",
+        "compile",
+    }
 )
-
-
-def _resolve_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
-    return torch.device(name)
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _seed_everything(*key: int) -> None:
@@ -131,53 +142,27 @@ class TrainSession:
         cfg = self.config
         prep = prepare(cfg)
         self.prep = prep
-        device = _resolve_device(cfg.device, 0)
-        self.comm.init(device.type)
+        cuda = torch.cuda.is_available()
+        self.device = resolve_device(
+            cfg.device, os.environ, cuda, torch.cuda.device_count() if cuda else 0
+        )
+        self.comm.init(self.device)
         self.rank, self.world_size = self.comm.rank, self.comm.size
-        self.device = _resolve_device(cfg.device, self.comm.local_rank)
         self.dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
         if cfg.batch_size % self.world_size:
             raise ConfigError(
                 f"key 'batch_size' ({cfg.batch_size}) must be a multiple of the number of "
                 f"ranks ({self.world_size})"
             )
-
-        # Every rank reads the split (cheap columns) so that standardisation and the lane
-        # deal are identical everywhere, then keeps only its own lanes.
-        x, y = _load_xy(prep, "train", cfg.max_rows)
-        self.stats = _standardise_stats(prep, x, y)
-        _apply_stats(prep, x, y, self.stats)
-        n = len(x)
-        batch = cfg.batch_size
-        if batch > n:
-            batch = max(self.world_size, n - n % self.world_size)
-            if batch > n:
-                raise InputError(
-                    f"{prep.manifest.root / 'train'}: {n} training rows for {self.world_size} ranks"
-                )
-            log.warning("batch_size %d > %d training rows: using %d", cfg.batch_size, n, batch)
-        self.n_train, self.batch = n, batch
-        self.local_batch = batch // self.world_size
-        self.steps_per_epoch = n // batch
-        q, rem = divmod(n, batch)
-        deal = np.random.default_rng([cfg.seed, 0x1A7E]).permutation(n)
-        lanes = np.full((batch, q + 1), -1, dtype=np.int64)
-        lanes[:, :q] = deal[: q * batch].reshape(q, batch).T
-        lanes[:rem, q] = deal[q * batch :]
-        mine = lanes[self.rank * self.local_batch : (self.rank + 1) * self.local_batch]
-        self._lanes = mine  # (local_batch, q+1) global row ids, -1 = padding
-        rows = np.where(mine >= 0, mine, 0).ravel()
-        self.x_train = self._to_x(x[rows])
-        self.y_train = self._to_y(y[rows])
-        del x, y
-
-        if self.rank == 0:
-            xv, yv = _load_xy(prep, "validation", cfg.max_rows)
-            _apply_stats(prep, xv, yv, self.stats)
-            self.x_val: Tensor | None = self._to_x(xv)
-            self.y_val: Tensor | None = self._to_y(yv)
-        else:
-            self.x_val = self.y_val = None
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+            torch.backends.cudnn.allow_tf32 = cfg.tf32
+        reduce = self.comm.allreduce_sum if self.world_size > 1 else None
+        self.feed = Feed(prep, cfg, self.rank, self.world_size, reduce, self.device, self.dtype)
+        self.stats = self.feed.stats
+        self.n_train, self.batch = self.feed.n_train, self.feed.batch
+        self.local_batch = self.feed.local_batch
+        self.steps_per_epoch = self.feed.steps_per_epoch
 
         _seed_everything(cfg.seed, 0xB01D)
         model = prep.family.build(prep.model_config, prep.spec.dims)
@@ -191,6 +176,10 @@ class TrainSession:
         self.model = model.to(device=self.device, dtype=self.dtype)
         optimizers = list(self.model.configure_optimizers(cfg.lr))  # type: ignore[operator]
         self.optimizers = self.comm.wrap_optimizers(self.model, optimizers)
+        self.autocast = _AUTOCAST.get(cfg.precision)
+        self.scaler: Any = (
+            torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
+        )
 
         ckpt = self._read_checkpoint() if self.rank == 0 else None
         ckpt = self.comm.broadcast_object(ckpt) if self.world_size > 1 else ckpt
@@ -198,17 +187,10 @@ class TrainSession:
             self._restore(ckpt)
         self.comm.broadcast_model(self.model)
         self.comm.broadcast_optimizers(self.optimizers)
+        if cfg.compile:
+            self.model.compile()
+        self._val_cache: dict[str, Tensor] | None = None
         self._ready = True
-
-    def _to_x(self, a: np.ndarray) -> Tensor:
-        return torch.as_tensor(a, dtype=self.dtype).to(self.device)
-
-    def _to_y(self, a: np.ndarray) -> Tensor:
-        kind = self.prep.spec.target_kind
-        if kind == "continuous":
-            return torch.as_tensor(a, dtype=self.dtype).to(self.device)
-        t = torch.as_tensor(a, dtype=torch.int64)
-        return (t[:, 0] if kind == "class" else t).contiguous().to(self.device)
 
     # -- checkpoints
     def _checkpoint_dir(self) -> Path | None:
@@ -240,6 +222,8 @@ class TrainSession:
             self.model.load_state_dict(ckpt["model"])
             for opt, state in zip(self.optimizers, ckpt["optimizers"], strict=True):
                 opt.load_state_dict(state)
+            if self.scaler is not None and ckpt.get("scaler"):
+                self.scaler.load_state_dict(ckpt["scaler"])
         except (RuntimeError, ValueError, KeyError) as exc:
             path = Path(str(self.config.checkpoint_dir)) / LAST
             raise ConfigError(
@@ -262,6 +246,7 @@ class TrainSession:
             "epoch": self.epoch,
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizers": [opt.state_dict() for opt in self.optimizers],
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "best": self.best,
             "best_epoch": self.best_epoch,
             "bad_epochs": self.bad_epochs,
@@ -294,14 +279,10 @@ class TrainSession:
     def done(self) -> bool:
         return self.stopped or self.epoch >= self.config.epochs
 
-    def _epoch_index(self) -> Tensor:
-        cfg, lanes = self.config, self._lanes
-        keys = np.random.default_rng([cfg.seed, self.epoch, 0xDA7A]).random(self.n_train)
-        k = np.where(lanes >= 0, keys[np.maximum(lanes, 0)], np.inf)
-        order = np.argsort(k, axis=1, kind="stable")[:, : self.steps_per_epoch]
-        width = lanes.shape[1]
-        local = np.arange(lanes.shape[0])[:, None] * width + order  # (local_batch, steps)
-        return torch.as_tensor(local.T.ravel(), device=self.device)
+    def _step_fn(self, optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
+        # backward and the optimizer step outside autocast (as torch.amp recommends)
+        with torch.autocast(self.device.type, enabled=False):
+            self.comm.step(optimizer, loss, self.scaler)
 
     def run_epoch(self) -> dict[str, float]:
         """Train one epoch and validate; returns metrics that are identical on every rank."""
@@ -311,29 +292,40 @@ class TrainSession:
             raise RuntimeError("training is done (epochs exhausted or early-stopped)")
         t0 = time.perf_counter()
         _seed_everything(self.config.seed, self.epoch, self.rank)
-        idx = self._epoch_index()
-        x_ep, y_ep = self.x_train[idx], self.y_train[idx]
         self.model.train()
-        b, single = self.local_batch, self.world_size == 1
-        sums: dict[str, float] = {}
+        single = self.world_size == 1
+        fsums: dict[str, float] = {}
+        tsums: dict[str, Tensor] = {}
         counts: dict[str, int] = {}  # a key may be absent on some steps (GAN generator)
-        step = self.comm.step
-        for k in range(self.steps_per_epoch):
-            batch = {"x": x_ep[k * b : (k + 1) * b], "y": y_ep[k * b : (k + 1) * b]}
-            stats = self.model.training_step(batch, self.optimizers, step)  # type: ignore[operator]
+        step = self._step_fn
+        autocast = self.autocast
+        for batch in self.feed.train_batches(self.epoch):
+            if autocast is None:
+                stats = self.model.training_step(batch, self.optimizers, step)  # type: ignore[operator]
+            else:
+                with torch.autocast(self.device.type, dtype=autocast):
+                    stats = self.model.training_step(batch, self.optimizers, step)  # type: ignore[operator]
             for key, v in stats.items():
-                sums[key] = sums.get(key, 0.0) + float(v)
+                if isinstance(v, Tensor):
+                    v = v.detach().to(torch.float64)
+                    tsums[key] = tsums[key] + v if key in tsums else v
+                else:
+                    fsums[key] = fsums.get(key, 0.0) + float(v)
                 counts[key] = counts.get(key, 0) + 1
-            if single and not all(math.isfinite(float(v)) for v in stats.values()):
-                raise TrainingDiverged(
-                    f"non-finite training loss at epoch {self.epoch + 1}, step {k + 1}: {stats} "
-                    f"(family {self.config.family!r}, lr {self.config.lr})"
-                )
         self.comm.finish_epoch(self.optimizers)
+        if tsums:  # the one host sync of the epoch's training statistics
+            keys = sorted(tsums)
+            values = torch.stack([tsums[k] for k in keys]).tolist()
+            fsums.update(zip(keys, values, strict=True))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         train_time = time.perf_counter() - t0
-        local = {f"train_{k}": v / counts[k] for k, v in sums.items()}
+        local = {f"train_{k}": v / counts[k] for k, v in fsums.items()}
+        if single and not all(math.isfinite(v) for v in local.values()):
+            raise TrainingDiverged(
+                f"non-finite training loss in epoch {self.epoch + 1}: {local} "
+                f"(family {self.config.family!r}, lr {self.config.lr})"
+            )
         local["_train_time_s"] = train_time
         avg = self.comm.allreduce_mean(local) if not single else local
         bad = {k: v for k, v in avg.items() if not math.isfinite(v)}
@@ -343,21 +335,9 @@ class TrainSession:
                 f"(family {self.config.family!r}, lr {self.config.lr})"
             )
 
-        from models.base import Calibratable
-
-        if self.config.calibrate and isinstance(self.model, Calibratable):
-            # a millionth of an event per bin is plenty, and bounds the cost of every epoch
-            self.model.calibrate(
-                self.x_train,
-                self.y_train,
-                tol=1e-6,
-                max_iter=30,
-                reduce=None if single else self.comm.allreduce_sum,
-            )
-        val = self._evaluate() if self.rank == 0 else None
-        if not single:
-            val = self.comm.broadcast_object(val)
-        assert val is not None
+        if self.config.calibrate:
+            self._calibrate()
+        val = self._evaluate()
         self.epoch += 1
         train_time = avg.pop("_train_time_s")
         metrics: dict[str, float] = {"epoch": float(self.epoch), **avg, **val}
@@ -369,12 +349,40 @@ class TrainSession:
         self.history.append(metrics)
         return metrics
 
+    def _reduce(self) -> Any:
+        return None if self.world_size == 1 else self.comm.allreduce_sum
+
+    def _calibrate(self) -> None:
+        """Refit the family's calibration on all training rows (each rank its share)."""
+        model: Any = self.model
+        # a millionth of an event per bin is plenty, and bounds the cost of every epoch
+        if isinstance(model, StreamCalibratable):
+            batches = self.feed.share(self.feed.train)
+            model.calibrate_stream(batches, tol=1e-6, max_iter=30, reduce=self._reduce())
+        elif isinstance(model, Calibratable):
+            data = self.feed.load(self.feed.train)
+            model.calibrate(data["x"], data["y"], tol=1e-6, max_iter=30, reduce=self._reduce())
+
     def _evaluate(self) -> dict[str, float]:
-        assert self.x_val is not None and self.y_val is not None
-        self.model.eval()
-        with torch.no_grad():
-            out = self.model.evaluate({"x": self.x_val, "y": self.y_val})  # type: ignore[operator]
-        return {k: float(v) for k, v in out.items()}
+        """Validation metrics, identical on every rank."""
+        model: Any = self.model
+        if isinstance(model, StreamEvaluable):
+            model.eval()
+            with torch.no_grad():
+                out = model.evaluate_stream(self.feed.share(self.feed.val), self._reduce())
+            return {k: float(v) for k, v in out.items()}
+        val: dict[str, float] | None = None
+        if self.rank == 0:
+            if self._val_cache is None:  # families that need every row at once (KS, AUC)
+                self._val_cache = self.feed.load(self.feed.val, everything=True)
+            model.eval()
+            with torch.no_grad():
+                out = model.evaluate(self._val_cache)
+            val = {k: float(v) for k, v in out.items()}
+        if self.world_size > 1:
+            val = self.comm.broadcast_object(val)
+        assert val is not None
+        return val
 
     def _update_early_stopping(self, metrics: dict[str, float]) -> None:
         cfg = self.config
