@@ -54,6 +54,7 @@ from models.errors import InputError
 
 __all__ = [
     "BLOCK_ROWS",
+    "ROWS_READ",
     "BatchStream",
     "Chunk",
     "Piece",
@@ -90,10 +91,12 @@ class RowCounter:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.rows = 0
+        self.pieces: set[Piece] = set()  # every piece decoded so far
 
-    def add(self, n: int) -> None:
+    def add(self, piece: Piece, n: int) -> None:
         with self._lock:
             self.rows += n
+            self.pieces.add(piece)
 
 
 ROWS_READ = RowCounter()
@@ -135,7 +138,7 @@ def read_piece(piece: Piece, columns: Sequence[str]) -> dict[str, np.ndarray]:
         )
     except (OSError, ValueError, StopIteration) as exc:
         raise InputError(f"{piece.path}: cannot read row group {piece.row_group} ({exc})") from None
-    ROWS_READ.add(batch.num_rows)
+    ROWS_READ.add(piece, batch.num_rows)
     return {c: batch.column(c).to_numpy(zero_copy_only=False) for c in columns}
 
 
