@@ -45,6 +45,7 @@ from scan.params import Param, StrictModel, grid_size, grid_values, sample_order
 
 # TrainConfig fields a scan may set (fixed or searched); everything else belongs to the model.
 TRAIN_PARAMS = ("batch_size", "lr", "patience", "max_rows", "device", "seed")
+TRAIN_PARAMS += ("precision", "compile", "tf32", "data_parts", "shuffle_buffer", "prefetch")
 # Metrics every trial reports besides the family's own (jobs/train adds the losses; the trainable
 # adds the timings; Tune adds its counters).
 TRAIN_METRICS = (
@@ -86,6 +87,13 @@ class Resources(StrictModel):
     workers: Annotated[int, Field(ge=1)] = 1
     cpus_per_worker: Annotated[float, Field(gt=0)] = 1.0
     gpus_per_worker: Annotated[float, Field(ge=0)] = 0.0
+
+    @model_validator(mode="after")
+    def _whole_gpus(self) -> Resources:
+        from scan.resources import check_gpu_request
+
+        check_gpu_request(self.workers, self.gpus_per_worker)
+        return self
 
     @property
     def cpus(self) -> float:

@@ -17,7 +17,7 @@ Placement (:func:`rank_gpu_env`, :func:`node_gpu_plan`), from the ids Ray assign
 Horovod's ``RayExecutor`` already sets ``CUDA_VISIBLE_DEVICES`` to the node's GPUs of the group;
 DDP actors get the same from :func:`node_gpu_plan`.
 
-:func:`check_slurm_gpus` cross-checks ``hepscan slurm submit --gpus-per-node`` with the scan.
+:func:`slurm.gpus.check_scan_gpus` cross-checks ``hepscan slurm submit --gpus-per-node``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from jobs.placement import DEVICE_ENV
 from models.errors import ConfigError
 
-__all__ = ["check_gpu_request", "check_slurm_gpus", "node_gpu_plan", "rank_gpu_env"]
+__all__ = ["check_gpu_request", "node_gpu_plan", "rank_gpu_env"]
 
 
 def check_gpu_request(workers: int, gpus_per_worker: float, where: str = "resources") -> None:
@@ -74,29 +74,3 @@ def node_gpu_plan(ranks: Sequence[tuple[str, Sequence[str | int]]]) -> list[dict
         lst = per_node.setdefault(node, [])
         lst.extend(str(i) for i in ids if str(i) not in lst)
     return [rank_gpu_env(ids, per_node[node]) for node, ids in ranks]
-
-
-def check_slurm_gpus(
-    config: str, workers: int, gpus_per_worker: float, gpus_per_node: int
-) -> None:
-    """``hepscan slurm submit --gpus-per-node G`` against the scan's per-trial request."""
-    per_trial = workers * gpus_per_worker
-    if gpus_per_node > 0 and gpus_per_worker == 0:
-        raise ConfigError(
-            f"--gpus-per-node {gpus_per_node} but the scan {config} requests no GPUs "
-            "(resources.gpus_per_worker is 0): its trials would train on CPU and leave the GPUs "
-            "idle. Set 'resources: {workers: N, gpus_per_worker: 1}' in the config (see "
-            "configs/unfold_zll_gpu.yaml) or drop --gpus-per-node"
-        )
-    if gpus_per_node == 0 and gpus_per_worker > 0:
-        raise ConfigError(
-            f"the scan {config} requests {per_trial:g} GPU(s) per trial but --gpus-per-node "
-            "is 0: no trial could start. Pass --gpus-per-node (e.g. 4)"
-        )
-    if per_trial > gpus_per_node > 0:
-        raise ConfigError(
-            f"the scan {config} requests {per_trial:g} GPUs per trial (workers: {workers} x "
-            f"gpus_per_worker: {gpus_per_worker:g}) but a node has --gpus-per-node "
-            f"{gpus_per_node}: lower resources.workers to at most "
-            f"{int(gpus_per_node // gpus_per_worker)} or request nodes with more GPUs"
-        )

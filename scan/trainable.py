@@ -9,6 +9,13 @@ One Tune iteration is one epoch, so ASHA can stop a trial after any epoch. Ranks
 * ``backend: ddp``: in N Ray actors in the same placement group, joined with
   ``torch.distributed`` (gloo on CPU, nccl on GPU) from ``MASTER_ADDR``/``MASTER_PORT``.
 
+GPUs (``resources.gpus_per_worker``, validated by :func:`scan.resources.check_gpu_request`):
+every rank trains on the GPU Ray assigned to it. Horovod's executor makes the node's GPUs of
+the group visible to each of its ranks; DDP actors get the same from
+:func:`scan.resources.node_gpu_plan`; :meth:`RankWorker.place_gpu` then names the rank's own
+GPU in ``HEPSCAN_CUDA_DEVICE`` (read by :mod:`jobs.placement`), so concurrent trials never share
+a GPU by accident and ranks of one trial can use NCCL peer-to-peer.
+
 Worker start-up (processes, imports, rendezvous) costs seconds while a tiny trial trains in
 fractions of one, so the trainable is reused between trials (``reuse_actors=True``,
 :meth:`ScanTrainable.reset_config`) and keeps its rank group alive: a new trial only builds a new
@@ -108,6 +115,30 @@ class RankWorker:
     def set_env(self, env: dict[str, str]) -> None:
         os.environ.update(env)
 
+    def environment(self, keys: list[str]) -> dict[str, str | None]:
+        """The values of ``keys`` in this rank's environment (placement checks)."""
+        return {k: os.environ.get(k) for k in keys}
+
+    def gpu_ids(self) -> tuple[str, list[str]]:
+        """(node id, the GPU ids Ray assigned to this rank)."""
+        import ray
+
+        ctx = ray.get_runtime_context()
+        ids = ctx.get_accelerator_ids().get("GPU", [])
+        return ctx.get_node_id(), [str(i) for i in ids]
+
+    def place_gpu(self, env: dict[str, str] | None = None) -> dict[str, str]:
+        """Set this rank's GPU environment: ``env`` when given (DDP: from the group's plan),
+        else its own Ray GPU among those already visible (Horovod, single rank)."""
+        from scan.resources import rank_gpu_env
+
+        if env is None:
+            _, own = self.gpu_ids()
+            visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v]
+            env = rank_gpu_env(own, visible or own)
+        os.environ.update(env)
+        return env
+
     def address(self) -> tuple[str, int]:
         import socket
 
@@ -162,8 +193,10 @@ class RankWorker:
 
 
 class _LocalGroup:
-    def __init__(self) -> None:
+    def __init__(self, gpus: float = 0.0) -> None:
         self.worker = RankWorker()
+        if gpus:
+            self.worker.place_gpu()
 
     def start(self, config: dict[str, Any], files: dict[str, bytes] | None) -> None:
         self.worker.start(config, files)
@@ -188,10 +221,14 @@ class _HorovodGroup:
             num_workers=workers,
             cpus_per_worker=cpus,
             use_gpu=gpus > 0,
-            gpus_per_worker=int(math.ceil(gpus)) if gpus > 0 else None,
+            # whole GPUs only (scan.resources.check_gpu_request): the bundle holds what the
+            # ranks request
+            gpus_per_worker=int(gpus) if gpus > 0 else None,
             use_current_placement_group=True,
         )
         self.executor.start(executable_cls=RankWorker)
+        if gpus:
+            self.executor.execute(lambda w: w.place_gpu())
 
     def start(self, config: dict[str, Any], files: dict[str, bytes] | None) -> None:
         self.executor.execute(lambda w: w.start(config, files))
@@ -229,6 +266,11 @@ class _DdpGroup:
             for rank in range(workers)
         ]
         ip, port = ray.get(self.actors[0].address.remote())
+        if gpus:
+            from scan.resources import node_gpu_plan
+
+            plan = node_gpu_plan(ray.get([a.gpu_ids.remote() for a in self.actors]))
+            ray.get([a.place_gpu.remote(env) for a, env in zip(self.actors, plan, strict=True)])
         ray.get(
             [
                 a.set_env.remote(
@@ -237,7 +279,7 @@ class _DdpGroup:
                         "MASTER_PORT": str(port),
                         "RANK": str(rank),
                         "WORLD_SIZE": str(workers),
-                        "LOCAL_RANK": "0" if gpus else str(rank),
+                        "LOCAL_RANK": str(rank),
                     }
                 )
                 for rank, a in enumerate(self.actors)
@@ -272,7 +314,7 @@ def _make_group(static: dict[str, Any]) -> Any:
     workers = int(static["workers"])
     cpus, gpus = float(static["cpus_per_worker"]), float(static["gpus_per_worker"])
     if workers == 1:
-        return _LocalGroup()
+        return _LocalGroup(gpus)
     if static["backend"] == "horovod":
         return _HorovodGroup(workers, cpus, gpus)
     return _DdpGroup(workers, cpus, gpus)

@@ -34,6 +34,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from models.errors import ConfigError, HepscanError
+from slurm.gpus import check_scan_gpus, scan_resources
 from slurm.cluster import _run, _sbatch_env, check_partition, status
 from slurm.render import _resolved, render_script
 from slurm.spec import JobSpec, JobStatus, SubmitResult, time_to_seconds
@@ -67,6 +68,13 @@ def _tracking_description(spec: JobSpec, scan_dir: Path | None, run_dir: Path) -
     return store
 
 
+def _check_gpus(spec: JobSpec, config: Path) -> None:
+    """--gpus-per-node against the scan's GPU request (slurm/gpus.py), before any sbatch."""
+    if spec.kind == "scan" and spec.command is None:
+        workers, gpus_per_worker = scan_resources(config, spec.driver_args)
+        check_scan_gpus(str(config), workers, gpus_per_worker, spec.gpus_per_node)
+
+
 def submit(spec: JobSpec, dry_run: bool = False) -> SubmitResult:
     """Validate, render, write the script into the run directory and ``sbatch`` it.
 
@@ -79,9 +87,11 @@ def submit(spec: JobSpec, dry_run: bool = False) -> SubmitResult:
     log_path = run_dir / "logs" / f"{spec.name}-%j.out"
     tracking = _tracking_description(spec, scan_dir, run_dir)
     if dry_run:
+        _check_gpus(spec, config)
         return SubmitResult(None, script, None, run_dir, log_path, scan_dir, tracking)
 
     partition = check_partition(spec)
+    _check_gpus(spec, config)
     for sub in ("logs", "ray", "dask"):
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
     script_path = run_dir / f"{spec.kind}.sbatch"

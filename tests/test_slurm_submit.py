@@ -34,6 +34,7 @@ def _sbatch_lines(script: str) -> list[str]:
 def test_dry_run_renders_options_into_sbatch_lines(
     config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    config.write_text("name: t\nresources: {workers: 4, gpus_per_worker: 1}\n")
     main(
         [
             "slurm", "submit", str(config), "--nodes", "3", "--gpus-per-node", "4",
