@@ -223,9 +223,24 @@ def _optimizers(family: Family, model: nn.Module, lr: float) -> list[torch.optim
     return optimizers
 
 
+def _scalar(v: Any) -> bool:
+    return isinstance(v, float) or (isinstance(v, torch.Tensor) and v.numel() == 1)
+
+
+def _floats(stats: Any) -> Any:
+    """training_step's losses as floats (0-d tensors are allowed: the loop reads them once per
+    epoch instead of syncing every step)."""
+    if not isinstance(stats, Mapping) or not all(_scalar(v) for v in stats.values()):
+        return stats
+    return {k: float(v) for k, v in stats.items()}
+
+
 def _stats(family: Family, stats: Any) -> dict[str, float]:
-    if not isinstance(stats, Mapping) or not all(isinstance(v, float) for v in stats.values()):
-        raise _fail(family, f"training_step() must return {{name: float}}, got {stats!r}")
+    if not isinstance(stats, Mapping) or not all(_scalar(v) for v in stats.values()):
+        raise _fail(
+            family, f"training_step() must return {{name: float or 0-d tensor}}, got {stats!r}"
+        )
+    stats = _floats(stats)
     bad = {k: v for k, v in stats.items() if not math.isfinite(v)}
     if bad:
         raise _fail(family, f"training_step() returned non-finite losses {bad}")
@@ -370,7 +385,7 @@ def check_determinism(
         optimizers = _optimizers(family, model, lr)
         _seed(seed + 1)
         plain: StepFn = _plain_step
-        stats = [model.training_step(batch, optimizers, plain) for _ in range(steps)]  # type: ignore[operator]
+        stats = [_floats(model.training_step(batch, optimizers, plain)) for _ in range(steps)]  # type: ignore[operator]
         runs.append((before, stats, model.state_dict()))
     (b0, s0, a0), (b1, s1, a1) = runs
     differ = sorted(k for k in b0 if not torch.equal(b0[k], b1[k]))
