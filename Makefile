@@ -3,21 +3,45 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# TORCH=cpu (default, what CI tests) or TORCH=cu12: the PyPI torch wheel, which on Linux x86_64
+# is the CUDA 12 build (cuDNN, cuBLAS and NCCL come as nvidia-* wheels), and Horovod rebuilt with
+# NCCL GPU operations (.ci/install-horovod.sh; docs/gpu.md). `make install-gpu` = TORCH=cu12.
+TORCH ?= cpu
+TORCH_VERSION := 2.13.0
+ifeq ($(TORCH),cpu)
 STAMP := $(VENV)/.hepscan-installed
+TORCH_PIP := torch==$(TORCH_VERSION)
+TORCH_SWAP := true
+HOROVOD_GPU :=
+else ifeq ($(TORCH),cu12)
+STAMP := $(VENV)/.hepscan-installed-cu12
+TORCH_PIP := --index-url https://pypi.org/simple torch==$(TORCH_VERSION)
+# a CPU build (2.13.0+cpu) satisfies ==2.13.0: remove it first so pip fetches the CUDA one
+TORCH_SWAP := $(PY) -c "import torch, sys; sys.exit(torch.version.cuda is None)" 2>/dev/null \
+	|| $(PY) -m pip uninstall -y -q torch
+HOROVOD_GPU := NCCL
+else
+$(error TORCH must be cpu or cu12, not '$(TORCH)')
+endif
 
-.PHONY: install demo test lint typecheck pytest system-deps clean slurm-up slurm-down studies benchmarks
+.PHONY: install install-gpu demo test lint typecheck pytest system-deps clean slurm-up slurm-down studies benchmarks
 
 # CPU torch first (a wheel on disk here); anything that depends on torch installed before it would
 # pull a multi-GB CUDA build. Horovod is then built from its sdist against that torch.
 $(STAMP): pyproject.toml .ci/install-horovod.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q torch==2.13.0
+	$(TORCH_SWAP)
+	$(PY) -m pip install -q $(TORCH_PIP)
 	$(PY) -m pip install -q -e ".[all,test]"
-	PYTHON=$(PY) bash .ci/install-horovod.sh
+	PYTHON=$(PY) HOROVOD_GPU=$(HOROVOD_GPU) bash .ci/install-horovod.sh
 	touch $(STAMP)
 
 install: $(STAMP)
+
+install-gpu:
+	$(MAKE) install TORCH=cu12
+	$(PY) benchmarks/gpu_check.py --quick
 
 # Debian packages the tests drive for real: headless Chromium (MLflow UI check) and SLURM
 # (the local test cluster installs what it lacks itself).

@@ -39,7 +39,9 @@ Reduce = Callable[[Tensor], Tensor]
 class StreamEvaluable(Protocol):
     """Validation metrics from sums over a stream, all-reduced with ``reduce``."""
 
-    def evaluate_stream(self, batches: Batches, reduce: Reduce | None = None) -> dict[str, float]: ...
+    def evaluate_stream(
+        self, batches: Batches, reduce: Reduce | None = None
+    ) -> dict[str, float]: ...
 
 
 @runtime_checkable

@@ -341,7 +341,6 @@ class UnfoldBinsNet(nn.Module):
         out.update(unfolding_scores(unfolded, truth))
         return out
 
-
     @torch.no_grad()
     def evaluate_stream(
         self,

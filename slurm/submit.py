@@ -2,7 +2,7 @@
 
 Launch (on a login node, or anywhere ``sbatch`` reaches a cluster)::
 
-    hepscan slurm submit configs/unfold_zll.yaml --nodes 2 --gpus-per-node 4 \\
+    hepscan slurm submit configs/unfold_zll_gpu.yaml --nodes 2 --gpus-per-node 4 \\
         --cpus-per-node 32 --time 04:00:00 --partition gpu --account myproj
     hepscan slurm submit configs/preprocess_zll.yaml --kind preprocess --out data/zll \\
         --nodes 2 --cpus-per-node 16 --time 00:30:00
@@ -34,8 +34,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from models.errors import ConfigError, HepscanError
-from slurm.gpus import check_scan_gpus, scan_resources
 from slurm.cluster import _run, _sbatch_env, check_partition, status
+from slurm.gpus import check_scan_gpus, scan_resources
 from slurm.render import _resolved, render_script
 from slurm.spec import JobSpec, JobStatus, SubmitResult, time_to_seconds
 

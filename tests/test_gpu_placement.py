@@ -14,9 +14,9 @@ import torch
 
 from jobs.placement import DEVICE_ENV, cuda_index, resolve_device
 from models.errors import ConfigError
+from scan.cli import main
 from scan.config import load_scan_config
 from scan.resources import check_gpu_request, node_gpu_plan, rank_gpu_env
-from scan.cli import main
 from slurm.gpus import check_scan_gpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,7 +57,9 @@ def test_ranks_of_a_trial_on_a_node_see_all_its_gpus_and_pick_their_own() -> Non
         {"CUDA_VISIBLE_DEVICES": "0,2", DEVICE_ENV: "1"},
     ]
     # the GPU each rank then trains on is its own Ray id
-    for (node, own), env in zip([("a", "3"), ("b", "0"), ("a", "1"), ("b", "2")], plan, strict=True):
+    for (node, own), env in zip(
+        [("a", "3"), ("b", "0"), ("a", "1"), ("b", "2")], plan, strict=True
+    ):
         visible = env["CUDA_VISIBLE_DEVICES"].split(",")
         assert visible[cuda_index(env, len(visible))] == own, node
     assert node_gpu_plan([("a", []), ("a", [])]) == [{}, {}]  # CPU ranks: nothing set
@@ -80,7 +82,9 @@ def test_ranks_of_a_trial_on_a_node_see_all_its_gpus_and_pick_their_own() -> Non
         (4, 2.0, "a rank trains on one GPU"),
     ],
 )
-def test_gpu_requests_a_trial_cannot_use_are_refused(workers: int, gpus: float, needle: str) -> None:
+def test_gpu_requests_a_trial_cannot_use_are_refused(
+    workers: int, gpus: float, needle: str
+) -> None:
     with pytest.raises(ConfigError, match=needle):
         check_gpu_request(workers, gpus)
 

@@ -127,7 +127,9 @@ def test_rank_reads_only_its_parts(dataset: Path) -> None:
 
 
 def test_shuffle_buffer_is_seeded_bounded_and_a_permutation() -> None:
-    chunks = [(np.arange(i, i + 10, dtype=float)[:, None], np.arange(i, i + 10)) for i in (0, 10, 20, 30)]
+    chunks = [
+        (np.arange(i, i + 10, dtype=float)[:, None], np.arange(i, i + 10)) for i in (0, 10, 20, 30)
+    ]
     a = list(shuffled(iter(chunks), 15, np.random.default_rng(1)))
     b = list(shuffled(iter(chunks), 15, np.random.default_rng(1)))
     out = np.concatenate([y for _, y in a])
@@ -229,9 +231,7 @@ def test_ddp_gradient_buckets_start_during_backward(tmp_path: Path) -> None:
 
     from jobs.backends import GradientBuckets
 
-    dist.init_process_group(
-        "gloo", init_method=f"file://{tmp_path / 'rdv'}", rank=0, world_size=1
-    )
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rdv'}", rank=0, world_size=1)
     try:
         torch.manual_seed(0)
         net = torch.nn.Sequential(

@@ -57,8 +57,8 @@ from jobs.placement import resolve_device
 from jobs.train.config import TrainConfig, TrainingDiverged, TrainResult
 from jobs.train.data import prepare
 from jobs.train.feed import Feed
-from models.errors import ConfigError, InputError, OutputError
 from models.base import Calibratable
+from models.errors import ConfigError, InputError, OutputError
 from models.streaming import StreamCalibratable, StreamEvaluable
 
 __all__ = ["BEST", "CHECKPOINT_VERSION", "LAST", "RESUMABLE_CHANGES", "TrainSession"]
