@@ -1,22 +1,18 @@
-"""Resolve and cross-check a TrainConfig against its dataset and family; load a split as arrays.
+"""Resolve and cross-check a TrainConfig against its dataset and family.
 
 :func:`prepare` raises (naming the manifest, key or column) before any row is read or any
-process starts; :class:`TrainSession` then loads the rows with ``_load_xy`` and standardises
-them with ``_standardise_stats``/``_apply_stats``.
+process starts; :class:`TrainSession` then streams the rows (:mod:`jobs.train.feed`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from jobs.manifest import MANIFEST_NAME, Manifest, load_manifest, load_split
+from jobs.manifest import MANIFEST_NAME, Manifest, load_manifest
 from jobs.train.config import TrainConfig
-from models.errors import ConfigError, InputError
+from models.errors import ConfigError
 
 __all__ = ["MODEL_DIM_KEYS", "Prepared", "prepare", "resolve_family"]
 
@@ -105,72 +101,3 @@ def prepare(config: TrainConfig) -> Prepared:
             f"not {config.mode!r}imised"
         )
     return Prepared(manifest, family, spec, model_config)
-
-
-def _load_xy(prep: Prepared, split: str, max_rows: int | None) -> tuple[np.ndarray, np.ndarray]:
-    spec, manifest = prep.spec, prep.manifest
-    cols = list(dict.fromkeys([*spec.x_columns, *spec.y_columns]))
-    data = load_split(manifest, split, cols)
-    n = len(data[cols[0]]) if cols else 0
-    if max_rows is not None:
-        data = {c: v[:max_rows] for c, v in data.items()}
-        n = min(n, max_rows)
-    where = f"{manifest.root / split}"
-    if n == 0:
-        raise InputError(f"{where}: split {split!r} has no rows")
-    x = np.stack([np.asarray(data[c], dtype=np.float64) for c in spec.x_columns], axis=1)
-    bad = [c for i, c in enumerate(spec.x_columns) if not np.isfinite(x[:, i]).all()]
-    if bad:
-        raise InputError(f"{where}: column(s) {bad} hold NaN/inf values")
-    if spec.target_kind == "continuous":
-        y = np.stack([np.asarray(data[c], dtype=np.float64) for c in spec.y_columns], axis=1)
-        bad = [c for i, c in enumerate(spec.y_columns) if not np.isfinite(y[:, i]).all()]
-        if bad:
-            raise InputError(f"{where}: column(s) {bad} hold NaN/inf values")
-    else:
-        y = np.stack([np.asarray(data[c], dtype=np.int64) for c in spec.y_columns], axis=1)
-    if spec.drop_negative_y:
-        keep = (y >= 0).all(axis=1)
-        x, y = x[keep], y[keep]
-        if len(x) == 0:
-            raise InputError(f"{where}: no rows with {list(spec.y_columns)} >= 0")
-    if spec.target_kind != "continuous":
-        n_classes = spec.dims.n_classes
-        for i, c in enumerate(spec.y_columns):
-            k = n_classes[i] if i < len(n_classes) else n_classes[-1]
-            lo, hi = int(y[:, i].min()), int(y[:, i].max())
-            if lo < 0 or hi >= k:
-                raise InputError(
-                    f"{where}: column {c!r} holds class indices {lo}..{hi} but the manifest "
-                    f"{manifest.root / MANIFEST_NAME} gives {k} classes (bins that disagree "
-                    "with the shards: re-run preprocessing)"
-                )
-    return x, y
-
-
-def _standardise_stats(
-    prep: Prepared, x: np.ndarray, y: np.ndarray
-) -> dict[str, tuple[float, float]]:
-    stats = {}
-    for name in prep.spec.standardise:
-        if name in prep.spec.x_columns:
-            v = x[:, prep.spec.x_columns.index(name)]
-        elif name in prep.spec.y_columns and prep.spec.target_kind == "continuous":
-            v = y[:, prep.spec.y_columns.index(name)]
-        else:
-            raise ConfigError(f"family {prep.family.name!r}: cannot standardise column {name!r}")
-        std = float(v.std())
-        stats[name] = (float(v.mean()), std if std > 0 else 1.0)
-    return stats
-
-
-def _apply_stats(
-    prep: Prepared, x: np.ndarray, y: np.ndarray, stats: Mapping[str, tuple[float, float]]
-) -> None:
-    for name, (mean, std) in stats.items():
-        if name in prep.spec.x_columns:
-            i = prep.spec.x_columns.index(name)
-            x[:, i] = (x[:, i] - mean) / std
-        else:
-            i = prep.spec.y_columns.index(name)
-            y[:, i] = (y[:, i] - mean) / std
