@@ -263,3 +263,26 @@ def _train(config: TrainConfig) -> list[dict[str, float]]:
     while not s.done:
         out.append(s.run_epoch())
     return out
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        ({"workers": 2, "backend": "ddp", "data_parts": 3}, "'data_parts' (3) must be a multiple"),
+        (
+            {"data_parts": 3, "batch_size": 64},
+            "'batch_size' (64) must be a multiple of 'data_parts'",
+        ),
+        ({"precision": "fp8"}, "'precision' must be one of"),
+        ({"precision": "bf16", "dtype": "float64"}, "mixed precision applies to float32"),
+        ({"shuffle_buffer": -1}, "'shuffle_buffer' must be >= 0"),
+        ({"prefetch": 0}, "'prefetch' must be >= 1"),
+    ],
+)
+def test_stream_and_precision_keys_are_validated(extra: dict[str, Any], needle: str) -> None:
+    from jobs.train import train_config_from_dict
+    from models.errors import ConfigError
+
+    data = {"dataset": "d", "family": "unfold_bins", **extra}
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        train_config_from_dict(data, "t.yaml")
