@@ -286,3 +286,30 @@ def test_stream_and_precision_keys_are_validated(extra: dict[str, Any], needle: 
     data = {"dataset": "d", "family": "unfold_bins", **extra}
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
         train_config_from_dict(data, "t.yaml")
+
+
+def test_prefetch_thread_forwards_errors_and_stops_when_left_early() -> None:
+    import threading
+
+    from jobs.train.stream import BatchStream
+
+    def blocks(fail: bool) -> Any:
+        for k in range(100):
+            if fail and k == 2:
+                raise InputError("bad row group")
+            yield np.full((8, 2), k, np.float32), np.zeros(8, np.int64)
+
+    def convert(c: Any) -> Any:
+        return torch.from_numpy(c[0]), torch.from_numpy(c[1])
+
+    cpu = torch.device("cpu")
+    got = [int(b["x"][0, 0]) for b in BatchStream(lambda: blocks(False), convert, 4, cpu, 2)]
+    assert got == [k for k in range(100) for _ in range(2)]  # 2 local batches per block, in order
+    with pytest.raises(InputError, match="bad row group"):
+        for _ in BatchStream(lambda: blocks(True), convert, 4, cpu, 2):
+            pass
+    before = threading.active_count()
+    for i, _ in enumerate(BatchStream(lambda: blocks(False), convert, 4, cpu, 2)):
+        if i == 3:
+            break
+    assert threading.active_count() == before  # the reader thread ended with the loop
