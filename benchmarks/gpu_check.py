@@ -96,7 +96,7 @@ def _rate(result: Any) -> float:
 def _train_checks(ds: Path, n_gpu: int, epochs: int) -> None:
     from jobs.train import TrainConfig, train
 
-    families = {
+    families: dict[str, dict[str, Any]] = {
         "unfold_bins": {"alpha": 1.0, "p": 2.0},
         "flow": {"transforms": 3, "hidden_features": 64},
     }

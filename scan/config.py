@@ -44,7 +44,7 @@ from models.errors import ConfigError
 from scan.params import Param, StrictModel, grid_size, grid_values, sample_order
 
 # TrainConfig fields a scan may set (fixed or searched); everything else belongs to the model.
-TRAIN_PARAMS = ("batch_size", "lr", "patience", "max_rows", "device", "seed")
+TRAIN_PARAMS: tuple[str, ...] = ("batch_size", "lr", "patience", "max_rows", "device", "seed")
 TRAIN_PARAMS += ("precision", "compile", "tf32", "data_parts", "shuffle_buffer", "prefetch")
 # Metrics every trial reports besides the family's own (jobs/train adds the losses; the trainable
 # adds the timings; Tune adds its counters).

@@ -176,11 +176,13 @@ class Feed:
             if everything
             else rank_ranges(survey.kept, self.world_size, self.rank)
         )
-        xs, ys = zip(*self.chunks(survey, ranges), strict=True) if ranges else ((), ())
-        if not xs:
+        chunks = list(self.chunks(survey, ranges))
+        if not chunks:
             spec = self.prep.spec
-            x = np.zeros((0, len(spec.x_columns)), self.np_dtype)
-            y = np.zeros((0,) if spec.target_kind == "class" else (0, len(spec.y_columns)))
-            xs, ys = (x,), (y.astype(np.int64 if spec.target_kind != "continuous" else x.dtype),)
-        x, y = self.to_tensors((np.concatenate(xs), np.concatenate(ys)))
-        return {"x": x.to(self.device), "y": y.to(self.device)}
+            ydt = self.np_dtype if spec.target_kind == "continuous" else np.int64
+            ny = () if spec.target_kind == "class" else (len(spec.y_columns),)
+            chunks = [(np.zeros((0, len(spec.x_columns)), self.np_dtype), np.zeros((0, *ny), ydt))]
+        xt, yt = self.to_tensors(
+            (np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks]))
+        )
+        return {"x": xt.to(self.device), "y": yt.to(self.device)}

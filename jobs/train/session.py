@@ -367,7 +367,7 @@ class TrainSession:
         """Validation metrics, identical on every rank."""
         model: Any = self.model
         if isinstance(model, StreamEvaluable):
-            model.eval()
+            self.model.eval()
             with torch.no_grad():
                 out = model.evaluate_stream(self.feed.share(self.feed.val), self._reduce())
             return {k: float(v) for k, v in out.items()}

@@ -38,10 +38,10 @@ def piece_xy(prep: Any, data: dict[str, np.ndarray]) -> tuple[np.ndarray, np.nda
     for i, c in enumerate(spec.x_columns):
         x[:, i] = data[c]
     ydt = np.float64 if spec.target_kind == "continuous" else np.int64
-    y = np.empty((n, len(spec.y_columns)), dtype=ydt)
+    y: np.ndarray = np.empty((n, len(spec.y_columns)), dtype=ydt)
     for i, c in enumerate(spec.y_columns):
         y[:, i] = data[c]
-    keep = (y >= 0).all(axis=1) if spec.drop_negative_y else np.ones(n, dtype=bool)
+    keep = np.asarray((y >= 0).all(axis=1)) if spec.drop_negative_y else np.ones(n, dtype=bool)
     return x, y, keep
 
 
