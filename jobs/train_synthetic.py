@@ -32,12 +32,12 @@ def write_unfold_dataset(
     lo: float = 65.0,
     hi: float = 115.0,
     train_shards: int = 2,
-    row_group_rows: int = 128,
+    row_group_rows: int = 65536,
 ) -> Path:
     """Write ``rows`` events split 70/15/15 into train/validation/test; returns the directory.
 
-    Shards hold Parquet row groups of ``row_group_rows`` rows (small, so that even tiny
-    datasets stream as several row groups per shard, as large ones do)."""
+    Shards hold Parquet row groups of ``row_group_rows`` rows (65 536 as ``hepscan preprocess``
+    writes; tests pass small values so that tiny datasets stream as several row groups)."""
     rng = np.random.default_rng(seed)
     truth = np.where(
         rng.random(rows) < 0.8,
@@ -81,7 +81,7 @@ def _write(
     std: list[float],
     edges: np.ndarray,
     train_shards: int,
-    row_group_rows: int = 128,
+    row_group_rows: int = 65536,
 ) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -29,7 +29,9 @@ MODEL = {"alpha": 1.0, "p": 1.0}
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # 1400 training rows in 2 shards of 128-row row groups: 6 row groups per shard
-    return write_unfold_dataset(tmp_path_factory.mktemp("data") / "s", rows=2000, seed=5)
+    return write_unfold_dataset(
+        tmp_path_factory.mktemp("data") / "s", rows=2000, seed=5, row_group_rows=128
+    )
 
 
 def cfg(dataset: Path, **kw: Any) -> TrainConfig:
@@ -130,14 +132,15 @@ def test_shuffle_buffer_is_seeded_bounded_and_a_permutation() -> None:
     chunks = [
         (np.arange(i, i + 10, dtype=float)[:, None], np.arange(i, i + 10)) for i in (0, 10, 20, 30)
     ]
-    a = list(shuffled(iter(chunks), 15, np.random.default_rng(1)))
-    b = list(shuffled(iter(chunks), 15, np.random.default_rng(1)))
+    a = list(shuffled(iter(chunks), 10, np.random.default_rng(1)))
+    b = list(shuffled(iter(chunks), 10, np.random.default_rng(1)))
     out = np.concatenate([y for _, y in a])
     assert np.array_equal(out, np.concatenate([y for _, y in b]))
     assert sorted(out.tolist()) == list(range(40)) and out.tolist() != list(range(40))
-    # nothing is emitted before the pool exceeds the buffer: the first 10 rows come after 20
-    # had been read, so they are drawn from rows 0..19 only
-    assert set(out[:5].tolist()) <= set(range(20))
+    # the pool is permuted once it holds 2 x 10 rows, and 10 are emitted: the first 10 rows
+    # out come from rows 0..19, the pool never holds more than 20 + one piece
+    assert len(a[0][1]) == 10 and set(a[0][1].tolist()) <= set(range(20))
+    assert max(len(y) for _, y in a[:-1]) == 10 and len(a[-1][1]) == 10
     none = np.concatenate([y for _, y in shuffled(iter(chunks), 0, np.random.default_rng(1))])
     assert sorted(none[:10].tolist()) == list(range(10))  # buffer 0: within a piece only
 
@@ -170,7 +173,7 @@ def test_validation_ranges_cover_every_row_once(dataset: Path) -> None:
 def test_bad_values_fail_in_the_survey_on_every_rank(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
-    d = write_unfold_dataset(tmp_path / "d", rows=600, seed=2)
+    d = write_unfold_dataset(tmp_path / "d", rows=600, seed=2, row_group_rows=128)
     shard = d / "train" / "part-00001.parquet"
     t = pq.read_table(shard)
     col = t.column("feat_f0").to_numpy().copy()

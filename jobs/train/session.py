@@ -190,6 +190,7 @@ class TrainSession:
         if cfg.compile:
             self.model.compile()
         self._val_cache: dict[str, Tensor] | None = None
+        self._next_stream: Any = None
         self._ready = True
 
     # -- checkpoints
@@ -280,6 +281,9 @@ class TrainSession:
         return self.stopped or self.epoch >= self.config.epochs
 
     def _step_fn(self, optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
+        if self.autocast is None:
+            self.comm.step(optimizer, loss, self.scaler)
+            return
         # backward and the optimizer step outside autocast (as torch.amp recommends)
         with torch.autocast(self.device.type, enabled=False):
             self.comm.step(optimizer, loss, self.scaler)
@@ -290,6 +294,16 @@ class TrainSession:
             raise RuntimeError("TrainSession.setup() must run first")
         if self.done:
             raise RuntimeError("training is done (epochs exhausted or early-stopped)")
+        try:
+            metrics = self._run_epoch()
+        except BaseException:
+            self._drop_prefetch()
+            raise
+        if self.done:
+            self._drop_prefetch()
+        return metrics
+
+    def _run_epoch(self) -> dict[str, float]:
         t0 = time.perf_counter()
         _seed_everything(self.config.seed, self.epoch, self.rank)
         self.model.train()
@@ -299,7 +313,9 @@ class TrainSession:
         counts: dict[str, int] = {}  # a key may be absent on some steps (GAN generator)
         step = self._step_fn
         autocast = self.autocast
-        for batch in self.feed.train_batches(self.epoch):
+        stream = self._next_stream or self.feed.train_batches(self.epoch)
+        self._next_stream = None
+        for batch in stream:
             if autocast is None:
                 stats = self.model.training_step(batch, self.optimizers, step)  # type: ignore[operator]
             else:
@@ -312,6 +328,9 @@ class TrainSession:
                 else:
                     fsums[key] = fsums.get(key, 0.0) + float(v)
                 counts[key] = counts.get(key, 0) + 1
+        if self.epoch + 1 < self.config.epochs:
+            # the next epoch's reader fills its queue during calibration and validation
+            self._next_stream = self.feed.train_batches(self.epoch + 1).start()
         self.comm.finish_epoch(self.optimizers)
         if tsums:  # the one host sync of the epoch's training statistics
             keys = sorted(tsums)
@@ -428,4 +447,10 @@ class TrainSession:
         )
 
     def close(self) -> None:
+        self._drop_prefetch()
         self.comm.shutdown()
+
+    def _drop_prefetch(self) -> None:
+        if getattr(self, "_next_stream", None) is not None:
+            self._next_stream.close()
+            self._next_stream = None

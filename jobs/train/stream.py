@@ -14,10 +14,11 @@ shuffle buffer ``S`` rows (``shuffle_buffer``):
    parts of ``T // P`` or ``T // P + 1`` rows (a piece on a boundary is read by both neighbours,
    each keeping its share);
 3. each part streams its rows through a shuffle buffer seeded by ``(seed, epoch, part)``: rows
-   are pooled piece by piece; whenever the pool exceeds ``S`` rows it is permuted and all but
-   ``S`` rows are emitted; the end of the part emits the permuted rest. ``S = 0`` only permutes
-   within a piece; a row can move up to about ``S`` rows (plus one piece) from its place in the
-   permuted piece order;
+   are pooled piece by piece; whenever the pool holds ``2 S`` rows or more it is permuted and
+   all but ``S`` rows are emitted (so each permutation of the pool emits at least ``S`` rows:
+   at most ~2 row copies per row); the end of the part emits the permuted rest. ``S = 0`` only
+   permutes within a piece; a row can move up to about ``2 S`` rows (plus one piece) from its
+   place in the permuted piece order;
 4. global batch ``k`` is the concatenation over parts of rows ``[k B/P, (k+1) B/P)`` of each
    part's shuffled stream; an epoch has ``(T // P) // (B/P)`` steps (drop-last: each part's
    tail, a different random set every epoch, is not trained on that epoch);
@@ -33,8 +34,8 @@ contiguous parts, one per rank (:func:`rank_ranges`), piece by piece.
 
 A background thread reads, shuffles and assembles blocks of steps (about
 ``BLOCK_ROWS`` rows per rank) into a bounded queue (``prefetch`` blocks); on CUDA the blocks
-are pinned and copied with ``non_blocking=True``. Memory per rank: the shuffle buffer, one
-piece, and ``prefetch + 2`` blocks, whatever the size of the split.
+are pinned and copied with ``non_blocking=True``. Memory per rank: twice the shuffle buffer,
+one piece, and ``prefetch + 2`` blocks, whatever the size of the split.
 """
 
 from __future__ import annotations
@@ -133,7 +134,10 @@ def read_piece(piece: Piece, columns: Sequence[str]) -> dict[str, np.ndarray]:
         f = pq.ParquetFile(piece.path)
         batch = next(
             f.iter_batches(
-                batch_size=piece.rows, row_groups=[piece.row_group], columns=list(columns)
+                batch_size=piece.rows,
+                row_groups=[piece.row_group],
+                columns=list(columns),
+                use_threads=False,  # the reader thread must not compete with training
             )
         )
     except (OSError, ValueError, StopIteration) as exc:
@@ -187,7 +191,7 @@ def shuffled(chunks: Iterator[Chunk], buffer: int, rng: np.random.Generator) -> 
         xs.append(x)
         ys.append(y)
         pooled += len(x)
-        if pooled > buffer:
+        if pooled >= max(2 * buffer, 1):  # >= buffer rows out per permutation of the pool
             px, py = np.concatenate(xs), np.concatenate(ys)
             perm = rng.permutation(pooled)
             out, keep = perm[: pooled - buffer], perm[pooled - buffer :]
@@ -252,7 +256,7 @@ class BatchStream:
 
     ``blocks`` yields numpy blocks of whole steps (``local_batch`` rows each); ``convert`` turns
     a block into host tensors. The thread keeps at most ``prefetch`` blocks ready; an error in
-    it is raised in the consumer; leaving the loop early stops it.
+    it is raised in the consumer; leaving the loop early (or :meth:`close`) stops it.
     """
 
     def __init__(
@@ -268,6 +272,9 @@ class BatchStream:
         self.local_batch = local_batch
         self.device = device
         self.prefetch = max(1, prefetch)
+        self._thread: threading.Thread | None = None
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._stop = threading.Event()
 
     def _produce(self, q: queue.Queue[Any], stop: threading.Event) -> None:
         def put(item: Any) -> bool:
@@ -291,11 +298,26 @@ class BatchStream:
             return
         put(_END)
 
+    def start(self) -> BatchStream:
+        """Start reading ahead now (e.g. the next epoch's data while this one validates)."""
+        if self._thread is None:
+            self._queue = queue.Queue(maxsize=self.prefetch)
+            self._stop = threading.Event()
+            self._thread = threading.Thread(
+                target=self._produce, args=(self._queue, self._stop), daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop the reader thread (also when the stream was never iterated)."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
-        q: queue.Queue[Any] = queue.Queue(maxsize=self.prefetch)
-        stop = threading.Event()
-        thread = threading.Thread(target=self._produce, args=(q, stop), daemon=True)
-        thread.start()
+        self.start()
+        q = self._queue
         b = self.local_batch
         cuda = self.device.type == "cuda"
         try:
@@ -311,5 +333,4 @@ class BatchStream:
                 for k in range(len(x) // b):
                     yield {"x": x[k * b : (k + 1) * b], "y": y[k * b : (k + 1) * b]}
         finally:
-            stop.set()
-            thread.join()
+            self.close()
