@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, str] = {
     "scan": "scan.commands:scan_command",
     "resume": "scan.commands:resume_command",
     "report": "scan.commands:report_command",
+    "apply": "scan.application:apply_command",
     "slurm": "slurm.cli:slurm_group",
 }
 # Listed by `hepscan --help` without importing the modules (and their engines).
@@ -30,6 +31,7 @@ SUMMARIES: dict[str, str] = {
     "scan": "Run a hyperparameter scan (Ray Tune + Optuna + ASHA, MLflow).",
     "resume": "Continue an interrupted scan.",
     "report": "Summarise a scan: trials, best trial, importances, plots.",
+    "apply": "Apply a scan's best (or a registered) model: unfold or fast-simulate.",
     "slurm": "Submit scans and preprocessing to SLURM.",
 }
 

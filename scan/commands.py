@@ -54,15 +54,19 @@ def _finish(result: ScanResult) -> None:
 @click.option("--scan-dir", default=None, help="where the scan keeps its state")
 @click.option("--address", default=None, help="Ray cluster address (default: start Ray locally)")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite in dir)")
+@click.option("--register-top", type=int, default=None, metavar="K", help="register the K best")
 def scan_command(
     config_path: str,
     sets: tuple[str, ...],
     scan_dir: str | None,
     address: str | None,
     tracking_uri: str | None,
+    register_top: int | None,
 ) -> None:
     """Run a hyperparameter scan from a YAML scan config."""
     overrides = dict(parse_override(s) for s in sets)
+    if register_top is not None:
+        overrides["register_top"] = register_top
     try:
         result = launch(
             config_path,

@@ -107,6 +107,8 @@ class Resources(StrictModel):
 class ScanConfig(StrictModel):
     """A validated scan; paths are absolute after :func:`load_scan_config`."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
     name: str = "scan"
     dataset: str
     family: str
@@ -129,6 +131,10 @@ class ScanConfig(StrictModel):
     experiment: str = "hepscan"
     # Optuna's TPE needs a few random trials first; None = Optuna's default (10).
     n_startup_trials: Annotated[int, Field(ge=1)] | None = None
+    # Register the best trial's model in the MLflow Model Registry under `name` (true), under
+    # another name (a string) or not at all (false); `register_top` K logs the K best trials.
+    register_model: bool | str = Field(True, alias="register")  # `register` is ABCMeta's
+    register_top: Annotated[int, Field(ge=1)] = 1
 
     @field_validator("name")
     @classmethod

@@ -335,6 +335,9 @@ def _run(
         # Trials Tune never reported as complete (e.g. a time budget ran out) are not left open.
         tracker.close_dangling(TrialStatus.KILLED, "stopped", include_parent=False)
         result = collect_result(cfg, scan_dir, grid=grid, parent_run_id=tracker.parent_run_id)
+        from scan.publish import publish_at_end  # dataset inputs, best model -> registry
+
+        publish_at_end(cfg, result, tracker)
         summary = result.summary()
         tracker.end_scan(TrialStatus.FINISHED, summary)
         return result
