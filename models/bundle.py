@@ -216,12 +216,21 @@ class ModelBundle:
                 out.append(c)
         return list(dict.fromkeys(out))
 
+    def apply_columns(self) -> list[str]:
+        """The raw columns ``hepscan apply`` needs: :meth:`input_columns`, and for unfolding
+        the reco column of the quantity (which rows are inside the edges, the reco histogram)."""
+        cols = self.input_columns()
+        if self.kind == "unfold":
+            cols.append(self.unfold_column("reco"))
+        return list(dict.fromkeys(cols))
+
     def _column(self, frame: Mapping[str, Any], name: str, where: str) -> np.ndarray:
         if name not in frame:
             have = sorted(map(str, getattr(frame, "columns", frame)))
+            needs = self.apply_columns() if name not in self.input_columns() else self.input_columns()
             raise InputError(
                 f"{where}: column {name!r} missing; model family {self.family!r} needs "
-                f"{self.input_columns()} (have {have})"
+                f"{needs} (have {have})"
             )
         col = np.asarray(frame[name], dtype=np.float64).reshape(-1)
         if not np.isfinite(col).all():

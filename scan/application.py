@@ -214,6 +214,8 @@ def apply(
         data = load_inputs(src.bundles[0], inputs, split=split, config=config, workers=workers)
         for b in src.bundles:
             b.inputs(data.columns, data.source)  # missing column, NaN: before any run starts
+            if b.kind == "unfold":
+                b.reco_bin(data.columns, data.source)
         first = src.refs[0]
         provenance = {"source": source, "model": first, "ensemble_models": src.refs}
         kwargs: dict[str, Any] = {

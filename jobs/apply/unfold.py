@@ -132,16 +132,15 @@ def _baselines(
     ]
     tik = [baselines.unfold_tikhonov(matrix, m, tau, bias=bias(m)) for m in reco_hists]
     central = {"ibu": ibu[0], "tikhonov": tik[0]}
-    covs = {
-        "ibu": _cov(np.asarray(ibu[1:])),
-        "tikhonov": _cov(np.asarray(tik[1:])),
-    }
+    n = len(measured)
+    covs = {"ibu": _cov(np.asarray(ibu[1:]), n), "tikhonov": _cov(np.asarray(tik[1:]), n)}
     return central, covs, {"tikhonov_tau": float(tau), "ibu_iterations": float(IBU_ITERATIONS)}
 
 
-def _cov(reps: np.ndarray) -> np.ndarray:
+def _cov(reps: np.ndarray, n: int) -> np.ndarray:
+    """Sample covariance of the rows of ``reps`` (zeros with fewer than two rows)."""
     if len(reps) < 2:
-        return np.zeros((reps.shape[1], reps.shape[1])) if reps.ndim == 2 else np.zeros((0, 0))
+        return np.zeros((n, n))
     return np.atleast_2d(np.cov(reps, rowvar=False, ddof=1))
 
 
@@ -207,26 +206,25 @@ def unfold_events(
 
     from models.prior import iterative_prior_update
 
-    def chain(w: np.ndarray) -> np.ndarray:
-        """(iterations + 1, bins): the ensemble mean of every iteration for weights ``w``."""
-        per_model = [
+    def chain(w: np.ndarray) -> list[np.ndarray]:
+        """Per model, (iterations + 1, bins): every prior iteration for event weights ``w``."""
+        return [
             np.asarray(iterative_prior_update(p, pi0, prior_iterations, weights=w))
             for p, pi0 in zip(probs, priors, strict=True)
         ]
-        return np.mean(per_model, axis=0), per_model  # type: ignore[return-value]
 
-    central, per_model = chain(weight)  # type: ignore[misc]
+    per_model = chain(weight)
+    central = np.mean(per_model, axis=0)
     rng = np.random.default_rng(seed)
-    reps = []
+    reps = np.zeros((bootstrap, prior_iterations + 1, n))
     reco_reps = [np.bincount(reco_bin, weights=weight, minlength=n)[:n]]
-    for _ in range(bootstrap):
+    for i in range(bootstrap):
         w = weight * rng.poisson(1.0, len(weight))
-        reps.append(chain(w)[0])
+        reps[i] = np.mean(chain(w), axis=0)
         reco_reps.append(np.bincount(reco_bin, weights=w, minlength=n)[:n])
-    rep_arr = np.asarray(reps) if reps else np.zeros((0, prior_iterations + 1, n))
-    cov_it = [_cov(rep_arr[:, k, :]) if bootstrap >= 2 else np.zeros((n, n)) for k in range(prior_iterations + 1)]
+    cov_it = [_cov(reps[:, k, :], n) for k in range(prior_iterations + 1)]
     members = [m[-1] for m in per_model]
-    cov_ens = _cov(np.asarray(members)) if len(members) > 1 else np.zeros((n, n))
+    cov_ens = _cov(np.asarray(members), n)
     truth = truth_var = None
     if truth_bin is not None:
         truth = np.bincount(truth_bin, weights=weight, minlength=n)[:n]
