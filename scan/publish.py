@@ -133,13 +133,16 @@ def publish(cfg: ScanConfig, result: ScanResult, tracker: Any) -> list[dict[str,
 
     _log_datasets(cfg, tracker)
     name = registered_name(cfg)
-    previous = {(m["trial_id"], m.get("checkpoint_sha")): m for m in published_models(result.scan_dir)}
+    previous = {
+        (m["trial_id"], m.get("checkpoint_sha"), m.get("name")): m
+        for m in published_models(result.scan_dir)
+    }
     models: list[dict[str, Any]] = []
     sha = git_sha()
     for rank, trial_id, ckpt_dir, metrics in ranked_checkpoints(result, cfg.register_top):
         ckpt = checkpoint_file(ckpt_dir)
         ckpt_sha = _sha(ckpt)
-        old = previous.get((trial_id, ckpt_sha))
+        old = previous.get((trial_id, ckpt_sha, name))
         if old is not None:
             models.append({**old, "rank": rank})
             continue
