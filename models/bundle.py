@@ -188,7 +188,9 @@ class ModelBundle:
             try:
                 config = family.config_cls(**self.model_config)
             except (TypeError, ValueError) as exc:
-                raise ConfigError(f"model family {self.family!r}: bad model config: {exc}") from None
+                raise ConfigError(
+                    f"model family {self.family!r}: bad model config: {exc}"
+                ) from None
             model = family.build(config, self.spec.dims)
             if self.train_config.get("dtype") == "float64":
                 model = model.double()
@@ -227,7 +229,9 @@ class ModelBundle:
     def _column(self, frame: Mapping[str, Any], name: str, where: str) -> np.ndarray:
         if name not in frame:
             have = sorted(map(str, getattr(frame, "columns", frame)))
-            needs = self.apply_columns() if name not in self.input_columns() else self.input_columns()
+            needs = (
+                self.apply_columns() if name not in self.input_columns() else self.input_columns()
+            )
             raise InputError(
                 f"{where}: column {name!r} missing; model family {self.family!r} needs "
                 f"{needs} (have {have})"
@@ -380,7 +384,9 @@ class ModelBundle:
         try:
             meta = json.loads(meta_path.read_text())
         except FileNotFoundError:
-            raise InputError(f"{meta_path}: not a hepscan model bundle (no {BUNDLE_FILE})") from None
+            raise InputError(
+                f"{meta_path}: not a hepscan model bundle (no {BUNDLE_FILE})"
+            ) from None
         except json.JSONDecodeError as exc:
             raise InputError(f"{meta_path}: not valid JSON ({exc})") from None
         version = meta.get("bundle_version")

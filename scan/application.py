@@ -98,9 +98,7 @@ def _from_scan(d: Path, k: int, tracking_uri: str | None) -> Source:
             }
         )
     name = registered_name(cfg) or cfg.name
-    return Source(
-        bundles, refs, tracking_uri or tracking_uri_of(d), f"{name}-apply", f"scan {d}"
-    )
+    return Source(bundles, refs, tracking_uri or tracking_uri_of(d), f"{name}-apply", f"scan {d}")
 
 
 def _from_uri(uri: str, k: int, tracking_uri: str | None) -> Source:
@@ -330,7 +328,10 @@ def apply_command(
     )
     lines = summary_lines(result)
     if "run_id" in result.extra:
-        lines.insert(-1 if lines[-1].startswith("chi2_ndf=") else len(lines), f"MLflow run: {result.extra['run_id']}")
+        lines.insert(
+            -1 if lines[-1].startswith("chi2_ndf=") else len(lines),
+            f"MLflow run: {result.extra['run_id']}",
+        )
     for line in lines:
         click.echo(line)
     sys.stdout.flush()

@@ -63,7 +63,7 @@ def trial_checkpoint(scan_dir: Path, trial_id: str) -> Path | None:
 
 def ranked_checkpoints(result: ScanResult, k: int) -> list[tuple[int, str, Path, dict[str, float]]]:
     """(rank, trial id, checkpoint dir, best objective metrics) of the ``k`` best trials."""
-    out = []
+    out: list[tuple[int, str, Path, dict[str, float]]] = []
     objectives = [m for m, _ in result.objectives]
     for _, row in result.ranked().iterrows():
         value = row.get(f"best_{objectives[0]}") if objectives else None
@@ -200,7 +200,10 @@ def publish(cfg: ScanConfig, result: ScanResult, tracker: Any) -> list[dict[str,
         best = models[0]
         tracker._set_tags(
             tracker.parent_run_id,
-            {"hepscan.best_model_uri": best["model_uri"], "hepscan.best_trial_id": best["trial_id"]},
+            {
+                "hepscan.best_model_uri": best["model_uri"],
+                "hepscan.best_trial_id": best["trial_id"],
+            },
         )
     return models
 

@@ -101,7 +101,13 @@ def test_apply_scan_dir_writes_histograms_and_an_mlflow_run(
     chi2 = float(last.split("=", 1)[1])
     assert 0 < chi2 < 50
     names = {p.name for p in out.iterdir()}
-    assert {"unfolded.json", "unfolded.csv", "covariance.csv", "metrics.json", "unfolded.png"} <= names
+    assert {
+        "unfolded.json",
+        "unfolded.csv",
+        "covariance.csv",
+        "metrics.json",
+        "unfolded.png",
+    } <= names
     assert not list(tmp_path.glob("out.tmp-*"))
     doc = read_unfolded(out)
     h = doc["unfolded"]
@@ -162,8 +168,14 @@ def test_ensemble_spread_is_reported_separately(scan_dir: Path, tmp_path: Path) 
     from jobs.apply import read_unfolded
     from scan import apply
 
-    r = apply("models:/apply_e2e/1", tmp_path / "ens", ensemble=2, bootstrap=10,
-              tracking_uri=uri_of(scan_dir), split="test")
+    r = apply(
+        "models:/apply_e2e/1",
+        tmp_path / "ens",
+        ensemble=2,
+        bootstrap=10,
+        tracking_uri=uri_of(scan_dir),
+        split="test",
+    )
     u = r.unfolding
     assert len(u.members) == 2 and not np.allclose(u.members[0], u.members[1])
     np.testing.assert_allclose(u.unfolded, np.mean(u.members, axis=0))
@@ -178,8 +190,9 @@ def test_ensemble_spread_is_reported_separately(scan_dir: Path, tmp_path: Path) 
 def test_prior_iterations_and_scan_apply_from_python(scan_dir: Path, tmp_path: Path) -> None:
     from scan import apply
 
-    r = apply(str(scan_dir), tmp_path / "it", prior_iterations=2, bootstrap=10, split="all",
-              track=False)
+    r = apply(
+        str(scan_dir), tmp_path / "it", prior_iterations=2, bootstrap=10, split="all", track=False
+    )
     assert len(r.unfolding.iterations) == 3
     assert {"chi2_ndf_iter0", "chi2_ndf_iter1", "chi2_ndf_iter2"} <= set(r.metrics)
     assert (tmp_path / "it" / "iterations.png").stat().st_size > 0
@@ -252,13 +265,17 @@ def test_bad_inputs_fail_before_any_run(
     path = _bad_parquet(tmp_path, dataset, mutate)
     out = tmp_path / "out"
     before = len(apply_runs(scan_dir))
-    code, _, err = run_cli(["apply", str(scan_dir), "--input", str(path), "--out", str(out)], capsys)
+    code, _, err = run_cli(
+        ["apply", str(scan_dir), "--input", str(path), "--out", str(out)], capsys
+    )
     assert code == 2 and message in err and str(path) in err, err
     assert not out.exists() and not list(tmp_path.glob("out.tmp-*"))
     assert len(apply_runs(scan_dir)) == before
 
 
-def test_raw_parquet_input_matches_the_shards(scan_dir: Path, dataset: Path, tmp_path: Path) -> None:
+def test_raw_parquet_input_matches_the_shards(
+    scan_dir: Path, dataset: Path, tmp_path: Path
+) -> None:
     from scan import apply
 
     path = _bad_parquet(tmp_path, dataset, "none")
@@ -409,8 +426,14 @@ def test_generative_fast_simulation(dataset: Path, tmp_path: Path, family: str, 
     test = load_split(load_manifest(dataset), "test", ["event_id", "truth_m", "reco_m"])
     pq.write_table(pa.table(test), tmp_path / "truth.parquet")
     out = tmp_path / "sim"
-    r = apply(str(tmp_path / "bundle"), out, inputs=[str(tmp_path / "truth.parquet")], fmt=fmt,
-              seed=4, track=False)
+    r = apply(
+        str(tmp_path / "bundle"),
+        out,
+        inputs=[str(tmp_path / "truth.parquet")],
+        fmt=fmt,
+        seed=4,
+        track=False,
+    )
     assert {"w1_reco_m", "w1_mean", "auc"} <= set(r.metrics)
     assert 0.0 <= r.metrics["auc"] <= 1.0 and r.metrics["w1_reco_m"] > 0
     if fmt == "root":
@@ -442,7 +465,9 @@ def test_resolution_bundle_gives_probabilities_and_samples() -> None:
     }
     b = ModelBundle("resolution", {"hidden": 8, "depth": 1}, manifest, {}, {})
     torch.manual_seed(0)
-    b.state_dict = b.family_obj.build(b.family_obj.config_cls(hidden=8, depth=1), b.spec.dims).state_dict()
+    b.state_dict = b.family_obj.build(
+        b.family_obj.config_cls(hidden=8, depth=1), b.spec.dims
+    ).state_dict()
     assert b.input_columns() == ["truth_pt", "truth_eta"]
     frame = {"truth_pt": np.linspace(20, 80, 50), "truth_eta": np.linspace(-2, 2, 50)}
     proba = b.predict(frame)

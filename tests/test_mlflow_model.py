@@ -69,7 +69,9 @@ def test_best_models_are_logged_and_registered_with_links(scan: tuple[Path, Any]
 
     d, result = scan
     client = client_of(d)
-    versions = sorted(client.search_model_versions(f"name = '{NAME}'"), key=lambda v: int(v.version))
+    versions = sorted(
+        client.search_model_versions(f"name = '{NAME}'"), key=lambda v: int(v.version)
+    )
     assert [str(v.version) for v in versions] == ["1", "2"]
     published = published_models(d)
     ranked = list(result.ranked()["trial_id"])
@@ -119,13 +121,13 @@ import mlflow, numpy as np, pandas as pd
 uri = sys.argv[1]
 mlflow.set_tracking_uri(uri)
 mlflow.set_registry_uri(uri)
-model = mlflow.pyfunc.load_model("models:/%s/1")
+model = mlflow.pyfunc.load_model("models:/NAME/1")
 frame = pd.DataFrame(json.loads(sys.argv[2]))
 pred = model.predict(frame)
 names = [n for n in ("ray", "scan", "horovod", "jobs") if n in sys.modules]
 print(json.dumps({"columns": list(pred.columns), "values": pred.to_numpy().tolist(),
                   "modules": names, "inputs": [c.name for c in model.metadata.signature.inputs]}))
-""" % NAME
+""".replace("NAME", NAME)
 
 
 def test_registered_model_predicts_in_a_fresh_interpreter(scan: tuple[Path, Any]) -> None:
@@ -136,7 +138,12 @@ def test_registered_model_predicts_in_a_fresh_interpreter(scan: tuple[Path, Any]
     bundle = bundle_from_checkpoint(published_models(d)[0]["checkpoint"])
     rng = np.random.default_rng(0)
     m = rng.uniform(66, 114, 20)
-    frame = {"f0": m.tolist(), "f1": ((m - 91.0) ** 2).tolist(), "f2": [0.1] * 20, "f3": [-0.3] * 20}
+    frame = {
+        "f0": m.tolist(),
+        "f1": ((m - 91.0) ** 2).tolist(),
+        "f2": [0.1] * 20,
+        "f3": [-0.3] * 20,
+    }
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI")}
     proc = subprocess.run(
         [sys.executable, "-c", FRESH, f"sqlite:///{d / 'mlflow.db'}", json.dumps(frame)],
@@ -180,10 +187,15 @@ def test_register_false_logs_without_registering_and_another_name(
     tracker = ScanTracker(d)
     (d / "models.json").rename(tmp_path / "models.json")  # publish afresh
     try:
-        off = publish(cfg.model_copy(update={"register_model": False, "register_top": 1}), result, tracker)
+        off = publish(
+            cfg.model_copy(update={"register_model": False, "register_top": 1}), result, tracker
+        )
         assert off[0]["name"] is None and off[0]["model_uri"].startswith("models:/m-")
         assert len(client_of(d).search_model_versions(f"name = '{NAME}'")) == 2
         other = publish(cfg.model_copy(update={"register_model": "zll_unfolder"}), result, tracker)
-        assert [m["model_uri"] for m in other] == ["models:/zll_unfolder/1", "models:/zll_unfolder/2"]
+        assert [m["model_uri"] for m in other] == [
+            "models:/zll_unfolder/1",
+            "models:/zll_unfolder/2",
+        ]
     finally:
         (tmp_path / "models.json").replace(d / "models.json")

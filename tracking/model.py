@@ -230,7 +230,7 @@ def log_dataset(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         src = resolve_dataset_source(str(source))
-    ds = MetaDataset(
+    ds = MetaDataset(  # type: ignore[abstract]
         source=src,
         name=name,
         digest=digest,
@@ -272,7 +272,9 @@ def resolve_model_uri(tracking_uri: str, uri: str) -> dict[str, Any]:
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - MlflowException: unknown name/version/alias
-        raise InputError(f"{uri}: no such model version in {tracking_uri} ({_first(exc)})") from None
+        raise InputError(
+            f"{uri}: no such model version in {tracking_uri} ({_first(exc)})"
+        ) from None
     return {
         "uri": f"models:/{mv.name}/{mv.version}",
         "name": mv.name,

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import mlflow.pyfunc
 import pandas as pd
+from mlflow.pyfunc import PythonModel
 
 __all__ = ["BUNDLE_ARTIFACT", "BundleModel"]
 
 BUNDLE_ARTIFACT = "bundle"
 
 
-class BundleModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+class BundleModel(PythonModel):  # type: ignore[misc]
     """``predict(df, params={"output": "proba"|"sample", "seed": 0})`` -> DataFrame."""
 
     def load_context(self, context: Any) -> None:

@@ -74,7 +74,9 @@ def generate_events(bundle: ModelBundle, inputs: Inputs, *, seed: int = 0) -> Ge
     return GenerateResult(columns, names, real, metrics)
 
 
-def write_generated(r: GenerateResult, out: Path, fmt: str = "parquet", title: str = "") -> list[Path]:
+def write_generated(
+    r: GenerateResult, out: Path, fmt: str = "parquet", title: str = ""
+) -> list[Path]:
     """``generated.parquet`` or ``generated.root``, ``metrics.json`` and ``generated.png``."""
     from jobs.apply.plots import plot_generated, save
 

@@ -139,8 +139,12 @@ def summary_lines(result: ApplyResult) -> list[str]:
             )
         )
         if u.truth is not None:
-            lines.append(f"{'method':10s} {'chi2/ndf':>10s} {'(Poisson)':>10s} {'KS p':>8s} {'AD p':>8s}")
-            rows = [("ML", "")] + [(n.upper() if n == "ibu" else n.title(), f"{n}_") for n in u.baselines]
+            lines.append(
+                f"{'method':10s} {'chi2/ndf':>10s} {'(Poisson)':>10s} {'KS p':>8s} {'AD p':>8s}"
+            )
+            rows = [("ML", "")] + [
+                (n.upper() if n == "ibu" else n.title(), f"{n}_") for n in u.baselines
+            ]
             for label, pre in rows:
                 lines.append(
                     f"{label:10s} {_f(m.get(pre + 'chi2_ndf')):>10s} "
@@ -154,9 +158,9 @@ def summary_lines(result: ApplyResult) -> list[str]:
             lines.append(f"chi2_ndf={m['chi2_ndf']:.6g}")
         return lines
     lines.append(f"generated {int(m['events'])} reco rows -> {result.files[0]}")
-    for k in sorted(m):
-        if k.startswith("w1_") or k in ("auc", "efficiency"):
-            lines.append(f"{k} = {_f(m[k])}")
+    for key in sorted(m):
+        if key.startswith("w1_") or key in ("auc", "efficiency"):
+            lines.append(f"{key} = {_f(m[key])}")
     lines.append(f"wrote {result.out}")
     return lines
 
