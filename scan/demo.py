@@ -9,7 +9,8 @@
 2. ``jobs.preprocess`` with ``configs/preprocess_zll.yaml``: Parquet shards + manifest;
 3. ``scan.launch`` with ``configs/demo.yaml``: unfolding (``unfold_bins``) trials, TPE + ASHA,
    2-worker Horovod trials on a local Ray, every trial an MLflow child run;
-4. prints the ranked trials and the exact ``mlflow ui`` command for the scan's sqlite store.
+4. prints the ranked trials, the exact ``mlflow ui`` command for the scan's sqlite store and
+   the ``hepscan apply`` command that unfolds the test split with the best (registered) model.
 
 Each run scans into a fresh ``WORKDIR/scan-<time>``; simulated data are reused when present.
 """
@@ -77,6 +78,8 @@ def run_demo(
     print("")
     print("Review the scan in the MLflow UI:")
     print(f"  {ui_command(result.tracking_uri)}")
+    print("Unfold the test split with the best model (registered in the MLflow Model Registry):")
+    print(f"  hepscan apply {scan_dir} --split test --out {work / 'unfolded'}-{scan_dir.name}")
     print(f"Report: hepscan report {scan_dir}")
     return result
 
