@@ -49,7 +49,7 @@ def test_unknown_subcommand_exits_nonzero() -> None:
 def test_scan_exposes_launch_lazily() -> None:
     import scan
 
-    assert scan.__all__ == ["launch", "resume"]
+    assert scan.__all__ == ["apply", "launch", "resume"]
     with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
         _ = scan.nonexistent  # type: ignore[attr-defined]
 
