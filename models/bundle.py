@@ -96,30 +96,16 @@ def manifest_digest(raw: Mapping[str, Any]) -> str:
 
 
 def _resolve_family(name: str) -> Any:
-    """A registered family, or ``"pkg.module:ATTR"``; a ConfigError naming it otherwise."""
+    """A registered family, or ``"pkg.module:ATTR"`` (:func:`models.registry.get_family`)."""
     from models.registry import get_family
 
-    if ":" not in name:
-        return get_family(name)
-    import importlib
-
-    module_name, _, attr = name.partition(":")
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"model family {name!r} cannot be imported ({exc})") from None
-    return obj() if callable(obj) and not hasattr(obj, "build") else obj
+    return get_family(name)
 
 
 def _data_spec(family: Any, manifest: Mapping[str, Any]) -> Any:
     from models.manifest import Manifest
 
-    from_dict = getattr(Manifest, "from_dict", None)
-    if from_dict is not None:  # families receive the typed manifest
-        return family.data_spec(from_dict(manifest))
-    return family.data_spec(manifest)
+    return family.data_spec(Manifest.from_dict(manifest))
 
 
 def family_kind(spec: Any) -> str:

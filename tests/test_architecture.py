@@ -203,12 +203,14 @@ def test_require_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(EngineMissingError, match=r"'optuna'.*pip install 'hepscan\[tune\]'"):
         require("optuna")
     monkeypatch.setitem(sys.modules, "ray", None)
+    monkeypatch.setitem(sys.modules, "ray.tune", None)  # also when an earlier test imported it
     with pytest.raises(EngineMissingError, match=r"'ray\.tune'.*hepscan\[tune\]"):
         require("ray.tune")
     monkeypatch.setitem(sys.modules, "mlflow", None)
     with pytest.raises(EngineMissingError, match=r"hepscan\[tracking\]"):
         require("mlflow")
     monkeypatch.setitem(sys.modules, "horovod", None)
+    monkeypatch.setitem(sys.modules, "horovod.torch", None)
     with pytest.raises(EngineMissingError, match=r"'horovod\.torch'.*install-horovod\.sh"):
         require("horovod.torch")
     # an EngineMissingError is an ImportError (callers that catch ImportError keep working)
