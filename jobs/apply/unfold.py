@@ -17,9 +17,10 @@ Uncertainties:
 
 Closure metrics (when truth is known): χ²/ndf with the full covariance,
 ``(u − t)ᵀ C⁺ (u − t) / rank(C)`` with ``C`` = the unfolded result's covariance plus the Poisson
-variance of the truth histogram (``Σ w²`` per bin) — the generalisation of the trial metric
-``chi2_ndf_poisson`` (Poisson errors of both histograms, :func:`models.metrics.chi2_ndf`),
-which is reported beside it; KS and AD p-values. IBU (4 iterations, MC-truth
+variance of the truth histogram, ``diag((u + t)/2)`` (its expectation estimated by the mean of
+the two, so that neither an empty truth bin nor an empty unfolded bin gets zero variance) —
+the full-covariance version of the trial metric ``chi2_ndf_poisson`` (Poisson errors of both
+histograms, :func:`models.metrics.chi2_ndf`), reported beside it; KS and AD p-values. IBU (4 iterations, MC-truth
 prior) and Tikhonov (curvature, τ from the L-curve, MC truth as bias) unfold the reco histogram
 with the training sample's response matrix stored in the bundle, bootstrapped alike.
 """
@@ -51,7 +52,7 @@ class UnfoldResult:
     cov_ensemble: np.ndarray
     reco: np.ndarray  # (weighted) events per reco bin
     truth: np.ndarray | None
-    truth_variance: np.ndarray | None  # Σ w² per bin (Poisson variance of the truth histogram)
+    truth_variance: np.ndarray | None  # Poisson variance of the truth histogram, (u + t)/2
     iterations: list[np.ndarray]  # central value of prior iterations 0..N
     iteration_stderr: list[np.ndarray]
     members: list[np.ndarray]  # each model's unfolded histogram (last iteration)
@@ -228,7 +229,8 @@ def unfold_events(
     truth = truth_var = None
     if truth_bin is not None:
         truth = np.bincount(truth_bin, weights=weight, minlength=n)[:n]
-        truth_var = np.bincount(truth_bin, weights=weight**2, minlength=n)[:n]
+        w2_per_w = float((weight**2).sum() / max(weight.sum(), 1e-300))  # 1 for unit weights
+        truth_var = 0.5 * (np.clip(central[-1], 0.0, None) + truth) * w2_per_w
     result = UnfoldResult(
         edges=edges,
         quantity=first.quantity,
@@ -247,6 +249,7 @@ def unfold_events(
             "seed": seed,
             "prior_iterations": prior_iterations,
             "ensemble": len(bundles),
+            "truth_variance_scale": float((weight**2).sum() / max(weight.sum(), 1e-300)),
         },
     )
     if first.response is not None:
@@ -270,18 +273,25 @@ def _metrics(r: UnfoldResult, cov_it: list[np.ndarray]) -> dict[str, float]:
         return out
     out["truth_total"] = float(r.truth.sum())
     assert r.truth_variance is not None
-    c_truth = np.diag(r.truth_variance)
-    out.update(_scores(r.unfolded, r.truth, r.covariance + c_truth))
+    scale = float(r.settings.get("truth_variance_scale", 1.0))
+
+    def c_truth(h: np.ndarray) -> np.ndarray:
+        """Poisson variance of the truth histogram at the expectation (h + t) / 2."""
+        assert r.truth is not None
+        return np.diag(0.5 * (np.clip(h, 0.0, None) + r.truth) * scale)
+
+    out.update(_scores(r.unfolded, r.truth, r.covariance + c_truth(r.unfolded)))
     for k, (h, c) in enumerate(zip(r.iterations, cov_it, strict=True)):
         if len(r.iterations) > 1:
-            cov = c + r.cov_ensemble + c_truth
+            cov = c + r.cov_ensemble + c_truth(h)
             out[f"chi2_ndf_iter{k}"] = _scores(h, r.truth, cov)["chi2_ndf"]
     for name, h in r.baselines.items():
-        for key, v in _scores(h, r.truth, r.baseline_cov[name] + c_truth).items():
+        for key, v in _scores(h, r.truth, r.baseline_cov[name] + c_truth(h)).items():
             out[f"{name}_{key}"] = v
     return out
 
 
 def _mean_ratio(a: np.ndarray, b: np.ndarray) -> float:
-    ok = b > 0
+    """Mean of a/b over bins holding at least one event."""
+    ok = b >= 1.0
     return float(np.mean(a[ok] / b[ok])) if ok.any() else math.nan
