@@ -136,10 +136,13 @@ def test_apply_scan_dir_writes_histograms_and_an_mlflow_run(
 
 
 def test_every_source_kind_gives_the_same_unfolding(scan_dir: Path, tmp_path: Path) -> None:
+    import time
+
     from scan import apply
     from scan.publish import published_models
     from tracking.model import _registry_client
 
+    env_before, t_before = os.environ.get("MLFLOW_TRACKING_URI"), time.time()
     best = published_models(scan_dir)[0]
     _registry_client(uri_of(scan_dir)).set_registered_model_alias("apply_e2e", "champion", "1")
     sources = {
@@ -162,6 +165,9 @@ def test_every_source_kind_gives_the_same_unfolding(scan_dir: Path, tmp_path: Pa
         assert (tmp_path / key / "unfolded.json").exists()
     for key in sources:
         np.testing.assert_allclose(values[key], values["scan"], rtol=1e-6, err_msg=key)
+    # the fluent MLflow API was pointed at the scan's store only while it was used
+    assert os.environ.get("MLFLOW_TRACKING_URI") == env_before
+    assert not Path("mlflow.db").exists() or Path("mlflow.db").stat().st_mtime < t_before
 
 
 def test_ensemble_spread_is_reported_separately(scan_dir: Path, tmp_path: Path) -> None:

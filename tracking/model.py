@@ -53,6 +53,7 @@ __all__ = [
 MODEL_NAME = "model"  # the logged model's name inside a run (runs:/<id>/model)
 TAG_MODEL_RANK = "hepscan.rank"
 TAG_PARENT = "hepscan.parent_run_id"
+_ENV_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
 
 
 @contextlib.contextmanager
@@ -65,9 +66,14 @@ def _fluent(tracking_uri: str) -> Iterator[Any]:
 
     import logging
 
-    old_uri = mlflow.get_tracking_uri()
-    old_registry = mlflow.get_registry_uri()
-    old_bar = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    # The raw settings (None when unset): set_tracking_uri() also exports the URI as
+    # MLFLOW_TRACKING_URI, which must not outlive the block (a later default would follow it).
+    saved_env = {k: os.environ.get(k) for k in _ENV_KEYS}
+    old_tracking = tracking_utils._tracking_uri
+    old_registry = registry_utils._registry_uri
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     log = logging.getLogger("mlflow")
     level = log.level
@@ -77,13 +83,14 @@ def _fluent(tracking_uri: str) -> Iterator[Any]:
     try:
         yield mlflow
     finally:
-        mlflow.set_tracking_uri(old_uri)
-        mlflow.set_registry_uri(old_registry)
+        mlflow.set_tracking_uri(old_tracking)
+        registry_utils._registry_uri = old_registry
         log.setLevel(level)
-        if old_bar is None:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-        else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = old_bar
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _registry_client(tracking_uri: str) -> Any:
