@@ -83,7 +83,7 @@ def _fluent(tracking_uri: str) -> Iterator[Any]:
     try:
         yield mlflow
     finally:
-        mlflow.set_tracking_uri(old_tracking)
+        mlflow.set_tracking_uri(old_tracking)  # type: ignore[arg-type]  # None: unset
         registry_utils._registry_uri = old_registry
         log.setLevel(level)
         for key, value in saved_env.items():
