@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -251,7 +252,10 @@ def apply(
             "format": fmt,
             "rows": data.rows,
         }
-        checksums = {f"sha256.{Path(k).name}": v for k, v in list(data.checksums.items())[:50]}
+        checksums = {  # MLflow param names: alphanumerics and _-. :/ only
+            "sha256." + re.sub(r"[^\w\-. :/]", "_", Path(k).name): v
+            for k, v in list(data.checksums.items())[:50]
+        }
         with ApplyRun(src.tracking_uri, src.experiment, tags) as run:
             assert run.run_id is not None
 
