@@ -24,7 +24,8 @@ else
 $(error TORCH must be cpu or cu12, not '$(TORCH)')
 endif
 
-.PHONY: install install-gpu demo test lint typecheck pytest system-deps clean slurm-up slurm-down studies benchmarks
+.PHONY: install install-gpu demo test lint typecheck pytest system-deps clean slurm-up slurm-down studies benchmarks \
+	unfold-cms prior-shift-closure
 
 # CPU torch first (a wheel on disk here); anything that depends on torch installed before it would
 # pull a multi-GB CUDA build. Horovod is then built from its sdist against that torch.
@@ -76,6 +77,19 @@ studies: install
 	$(PY) -m benchmarks.studies.falling_spectrum --jobs 2
 	$(PY) -m benchmarks.studies.prior_dependence
 	$(PY) -m benchmarks.studies.resolution_jets
+	$(MAKE) unfold-cms prior-shift-closure
+
+# Real data (issue 10, item 7): simulate zll, preprocess, scan, register 2 models, apply them
+# (`hepscan apply`'s Python API) to the CMS file uproot-Zmumu.root; ~3 min on 2 cores.
+# PYTHONPATH=. : the CMS selection (configs/preprocess_zmumu_cms.yaml) lives in benchmarks/.
+unfold-cms: install
+	PYTHONPATH=. $(PY) -m benchmarks.studies.unfold_cms --figure docs/figures/cms_zmumu_unfolded.png
+
+# Closure of the demo model (configs/demo.yaml scan) on held-out zll with truth tilted ±20 %
+# (issue 10, item 8): chi2/ndf for ML with 0/1/2 prior iterations vs IBU.
+prior-shift-closure: install
+	PYTHONPATH=. $(PY) -m benchmarks.studies.prior_shift_closure \
+		--figure docs/figures/prior_shift_closure.png
 
 # Speed goals: each prints its figures and `ratio=` against a baseline measured in the same run.
 benchmarks: install

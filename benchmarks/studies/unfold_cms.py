@@ -244,8 +244,11 @@ def _tables(
     )
     h1, h2 = u1.iterations[0], u2.iterations[0]
     s1 = u1.iteration_stderr[0]
-    pull_models = np.where(s1 > 0, (h2 - h1) / np.where(s1 > 0, s1, 1.0), np.nan)
-    pull_iter = np.where(s1 > 0, (u1.iterations[-1] - h1) / np.where(s1 > 0, s1, 1.0), np.nan)
+    # pulls over bins holding at least one unfolded event (a bin with 0.01 events and a tiny
+    # bootstrap σ would otherwise dominate the maximum)
+    ok = (s1 > 0) & (h1 >= 1.0)
+    pull_models = np.where(ok, (h2 - h1) / np.where(ok, s1, 1.0), np.nan)
+    pull_iter = np.where(ok, (u1.iterations[-1] - h1) / np.where(ok, s1, 1.0), np.nan)
     per_bin = []
     for i in range(len(h1)):
         per_bin.append(
@@ -305,7 +308,7 @@ def _tables(
         max_abs_iter_pull=float(np.nanmax(np.abs(pull_iter))),
     )
     shifts = common.Table(
-        "Movement of the spectrum, in units of the v1 bootstrap σ per bin",
+        "Movement of the spectrum, in units of the v1 bootstrap σ per bin (bins with ≥ 1 event)",
         ["comparison", "max |Δ|/σ", "rms Δ/σ", "Δ mean m [GeV]"],
         [
             [
