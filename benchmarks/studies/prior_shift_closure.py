@@ -127,9 +127,13 @@ def run(
     cache = cache_dir or (out.parent / ".cache")
     cache.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    trained = "given model"
     if source is None:
         source, tracking_uri, scan_dir = demo_model(cache, train_events, trials, epochs, fast)
         print(f"{NAME}: scanned {scan_dir} ({time.perf_counter() - start:.0f} s) -> {source}")
+        trained = (
+            f"demo.yaml scan on {train_events} simulated events, {trials} trials × ≤{epochs} epochs"
+        )
     elif not source.startswith(("models:/", "runs:/")):
         source, tracking_uri, _ = _registered(Path(source))
     print(f"{NAME}: model {source} (tracking {tracking_uri})")
@@ -175,7 +179,7 @@ def run(
         )
         header = (
             f"# Study 6: closure with a ±{tilt:.0%} prior shift, model {source} "
-            f"({'fast' if fast else 'full'} mode: independent sample of {test_events} simulated "
+            f"({'fast' if fast else 'full'} mode: {trained}; independent sample of {test_events} simulated "
             f"events, bootstrap {bootstrap}; {time.perf_counter() - start:.0f} s)"
         )
         md = common.write_tables(tmp, "table", table, header)

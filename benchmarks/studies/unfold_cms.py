@@ -82,8 +82,9 @@ def training_data(cache: Path, events: int, seed: int) -> Path:
     from jobs.preprocess import preprocess
     from jobs.simulate import simulate
 
-    root = cache / f"zll-n{events}-s{seed}"
-    data = cache / f"zll_cms-n{events}-s{seed}"
+    # own names: common.simulate_cached's "zll-n…-s…" directories hold one file, these two
+    root = cache / NAME / f"zll-n{events}-s{seed}"
+    data = cache / NAME / f"zll_cms-n{events}-s{seed}"
     if (data / "manifest.json").exists():
         return data
     files = simulate("zll", events, 2, seed, root, progress=False, workers=1)
