@@ -94,3 +94,24 @@ def test_empty_class_gets_finite_offset() -> None:
     off = model.logit_offset.numpy()
     assert np.all(np.isfinite(off))
     assert model.unfold(x).numpy()[3] < 0.01  # pseudo-count 1e-9·Σw/N
+
+
+def test_streamed_calibration_runs_the_network_once_when_the_logits_fit_in_memory() -> None:
+    prior = np.array([0.30, 0.22, 0.16, 0.11, 0.08, 0.06, 0.04, 0.03])
+    x, y = sample(20_000, 3, prior)
+    reads = {"n": 0}
+
+    def batches() -> list[dict[str, torch.Tensor]]:
+        reads["n"] += 1
+        return [{"x": x[i : i + 4096], "y": y[i : i + 4096]} for i in range(0, len(x), 4096)]
+
+    cached, streamed = exact_model(), exact_model()
+    info = cached.calibrate_stream(batches)
+    assert reads["n"] == 1  # one pass of the network; every Newton step reuses its logits
+    reads["n"] = 0
+    streamed.calibrate_stream(batches, cache_bytes=0)  # over budget: re-read on every pass
+    assert reads["n"] > 3
+    assert info["max_rel_mismatch"] < 1e-8
+    np.testing.assert_allclose(
+        cached.logit_offset.numpy(), streamed.logit_offset.numpy(), rtol=0, atol=1e-12
+    )
