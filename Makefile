@@ -97,6 +97,8 @@ benchmarks: install
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/scan_overhead.py
 	$(PY) benchmarks/search_efficiency.py
+	$(PY) benchmarks/train_memory.py
+	$(PY) benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
