@@ -223,17 +223,13 @@ class UnfoldBinsNet(nn.Module):
                     w = None if w is None else w.to(dev, torch.float64).reshape(-1)[keep]
                     yield raw[keep], target[keep], w
 
-        cache: list[tuple[Tensor, Tensor, Tensor | None]] | None = []
+        rows: list[tuple[Tensor, Tensor, Tensor | None]] = []
         size = 0
         for item in source():
             size += sum(t.numel() * t.element_size() for t in item if t is not None)
-            if size > cache_bytes:
-                cache = None  # too many rows for memory: every pass re-reads the stream
-                break
-            cache.append(item)
-        if cache is None:
-            return self._fit_offsets(source, max_iter=max_iter, tol=tol, reduce=reduce)
-        rows = cache
+            if size > cache_bytes:  # too many rows for memory: every pass re-reads the stream
+                return self._fit_offsets(source, max_iter=max_iter, tol=tol, reduce=reduce)
+            rows.append(item)
         return self._fit_offsets(lambda: iter(rows), max_iter=max_iter, tol=tol, reduce=reduce)
 
     def _fit_offsets(
