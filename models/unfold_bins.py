@@ -203,7 +203,7 @@ class UnfoldBinsNet(nn.Module):
         max_iter: int = 100,
         tol: float = 1e-9,
         reduce: Callable[[Tensor], Tensor] | None = None,
-        cache_bytes: int = 256 * 2**20,
+        cache_bytes: int = 32 * 2**20,
     ) -> dict[str, float]:
         """:meth:`calibrate` over ``batches()`` (``{"x", "y"[, "w"]}``).
 
