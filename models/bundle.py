@@ -71,6 +71,7 @@ MANIFEST_KEYS = (
     "unfold",
     "resolution",
     "generative",
+    "classify",
     "config",  # the preprocessing config: ROOT inputs of `hepscan apply` go through it again
 )
 OUTPUTS = {"unfold": ("proba",), "resolution": ("proba", "sample"), "generative": ("sample",)}

@@ -22,7 +22,7 @@ MANIFEST_NAME = "manifest.json"
 SPLITS = ("train", "validation", "test")
 MANIFEST_VERSION = 1
 # Optional target sections, one per kind of model family.
-SECTIONS = ("unfold", "resolution", "generative")
+SECTIONS = ("unfold", "resolution", "generative", "classify")
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class Manifest:
     unfold: dict[str, Any] | None = None
     resolution: dict[str, Any] | None = None
     generative: dict[str, Any] | None = None
+    classify: dict[str, Any] | None = None  # {"label": column, "mass": column | None}
     version: int = MANIFEST_VERSION  # manifest_version of manifest.json
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -58,6 +59,7 @@ class Manifest:
             unfold=raw.get("unfold"),
             resolution=raw.get("resolution"),
             generative=raw.get("generative"),
+            classify=raw.get("classify"),
             version=int(raw.get("manifest_version", raw.get("version", MANIFEST_VERSION))),
             raw=dict(raw),
         )

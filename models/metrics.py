@@ -22,6 +22,11 @@ Sample comparisons (generative models): :func:`wasserstein_per_feature`,
 :func:`ks_samples`, and :func:`classifier_auc` (a classifier two-sample test: 0.5 means the
 classifier cannot tell the samples apart).
 
+Signal vs background (classifiers, anomaly scores; higher score = more signal-like):
+:func:`roc_auc` (Mann–Whitney, ties counted half), :func:`rejection_at_efficiency` (background
+rejection 1/ε_B at a signal efficiency, e.g. the ``rejection_at_50`` scan objective),
+:func:`efficiency_at_rejection` (signal efficiency at a background rejection 1/ε_B).
+
 Resolution: :func:`resolution_summary` — mean, RMS (standard deviation, as ROOT's ``GetRMS``)
 and RMS90 (RMS of the central 90 % of events: the lowest and highest ``floor(0.05 n)`` values
 dropped) in bins of η and pT.
@@ -45,11 +50,14 @@ __all__ = [
     "chi2",
     "chi2_ndf",
     "classifier_auc",
+    "efficiency_at_rejection",
     "generative_scores",
     "ks_binned",
     "ks_samples",
     "ratio_with_errors",
+    "rejection_at_efficiency",
     "resolution_summary",
+    "roc_auc",
     "rms90",
     "unfolding_scores",
     "wasserstein_per_feature",
@@ -343,3 +351,57 @@ def generative_scores(
             max_per_sample=max_per_sample,
         )
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# signal vs background
+
+
+def _scores(scores: ArrayLike, labels: ArrayLike) -> tuple[F64, F64]:
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    y = np.asarray(labels).ravel()
+    if s.shape != y.shape:
+        raise ValueError(f"scores ({s.shape[0]}) and labels ({y.shape[0]}) differ in length")
+    sig = y > 0.5
+    return s[sig], s[~sig]
+
+
+def roc_auc(scores: ArrayLike, labels: ArrayLike) -> float:
+    """ROC AUC of ``scores`` for ``labels`` (1 signal, 0 background): the probability that a
+    random signal event scores above a random background event, ties counted half (the
+    Mann–Whitney U / (n_s n_b)). NaN when either class is empty."""
+    from scipy.stats import rankdata
+
+    sig, bkg = _scores(scores, labels)
+    if len(sig) == 0 or len(bkg) == 0:
+        return math.nan
+    ranks = rankdata(np.concatenate([sig, bkg]))
+    u = ranks[: len(sig)].sum() - len(sig) * (len(sig) + 1) / 2.0
+    return float(u / (len(sig) * len(bkg)))
+
+
+def rejection_at_efficiency(scores: ArrayLike, labels: ArrayLike, efficiency: float) -> float:
+    """Background rejection 1/ε_B at the cut keeping a fraction ``efficiency`` of the signal
+    (score ≥ the signal's (1 − efficiency) quantile). When no background event passes, ε_B is
+    bounded by one event: the rejection is the number of background events (a lower limit).
+    NaN when either class is empty."""
+    if not 0.0 < efficiency <= 1.0:
+        raise ValueError(f"efficiency must lie in (0, 1], got {efficiency}")
+    sig, bkg = _scores(scores, labels)
+    if len(sig) == 0 or len(bkg) == 0:
+        return math.nan
+    cut = np.quantile(sig, 1.0 - efficiency)
+    eff_b = max(float(np.mean(bkg >= cut)), 1.0 / len(bkg))
+    return 1.0 / eff_b
+
+
+def efficiency_at_rejection(scores: ArrayLike, labels: ArrayLike, rejection: float) -> float:
+    """Signal efficiency at the cut keeping a fraction 1/``rejection`` of the background
+    (score > the background's 1 − 1/rejection quantile). NaN when either class is empty."""
+    if not rejection >= 1.0:
+        raise ValueError(f"rejection must be >= 1, got {rejection}")
+    sig, bkg = _scores(scores, labels)
+    if len(sig) == 0 or len(bkg) == 0:
+        return math.nan
+    cut = np.quantile(bkg, 1.0 - 1.0 / rejection)
+    return float(np.mean(sig > cut))

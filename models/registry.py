@@ -34,7 +34,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from models import flow, gan, resolution, unfold_bins, unfold_migration
+from models import flow, gan, param_classifier, resolution, unfold_bins, unfold_migration, vae
 from models.base import Family
 from models.contract import validate_family
 from models.errors import ConfigError
@@ -55,6 +55,8 @@ REGISTRY: dict[str, Family] = {
     "resolution": resolution.FAMILY,
     "gan": gan.FAMILY,
     "flow": flow.FAMILY,
+    "param_classifier": param_classifier.FAMILY,
+    "vae": vae.FAMILY,
 }
 
 

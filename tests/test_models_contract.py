@@ -38,6 +38,7 @@ RAW: dict[str, Any] = {
         },
     },
     "generative": {"condition": ["truth_pt", "truth_eta"], "target": ["reco_pt", "reco_eta"]},
+    "classify": {"label": "truth_label", "mass": "truth_mass"},
 }
 MANIFEST = Manifest.from_dict(RAW)
 BATCH = 32
@@ -72,12 +73,24 @@ EXPECTED_SHAPE: dict[str, Callable[[int], tuple[int, ...]]] = {
     "resolution": lambda n: (n, 3, N_RES + 1),
     "gan": lambda n: (n, 2),
     "flow": lambda n: (n,),
+    "param_classifier": lambda n: (n,),  # the logit
+    "vae": lambda n: (n,),  # the anomaly score
 }
 
 
 def test_registry_names() -> None:
-    assert sorted(REGISTRY) == ["flow", "gan", "resolution", "unfold_bins", "unfold_migration"]
-    with pytest.raises(UnknownFamilyError, match="valid families: flow, gan, resolution"):
+    assert sorted(REGISTRY) == [
+        "flow",
+        "gan",
+        "param_classifier",
+        "resolution",
+        "unfold_bins",
+        "unfold_migration",
+        "vae",
+    ]
+    with pytest.raises(
+        UnknownFamilyError, match="valid families: flow, gan, param_classifier, resolution"
+    ):
         get_family("bdt")
     assert issubclass(UnknownFamilyError, ValueError)
 
@@ -238,6 +251,8 @@ def test_unfold_migration_cut_vs_clip_targets() -> None:
         ("resolution", "resolution"),
         ("gan", "generative"),
         ("flow", "generative"),
+        ("param_classifier", "classify"),
+        ("vae", "classify"),
     ],
 )
 def test_data_spec_names_missing_manifest_key(name: str, missing: str) -> None:

@@ -201,6 +201,7 @@ def build_manifest(
         "unfold": None,
         "resolution": None,
         "generative": None,
+        "classify": None,
         "plots": [],
     }
     if cfg.unfold is not None:
@@ -239,4 +240,6 @@ def build_manifest(
         }
     if cfg.generative is not None:
         manifest["generative"] = cfg.generative.model_dump()
+    if cfg.classify is not None:
+        manifest["classify"] = cfg.classify.model_dump()
     return manifest

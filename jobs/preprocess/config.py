@@ -16,7 +16,7 @@ Example (all keys; the defaults are shown where a key may be left out)::
     event_id: event_id               # branch, [branch_a, branch_b] (a<<32 | b) or null (file+entry)
     weight: null                     # branch holding a per-event weight, else weight 1
     selection: {kind: zll_pair, z_mass: 91.1876, window: 0.25, iso_max: 0.1, lep_pt_min: 0.0}
-    # other kinds: jets, dijet, hzz_muon_match, zmumu_reco, nanoaod_dilepton (NanoAOD layout,
+    # other kinds: jets, dijet, ttbar, hzz_muon_match, zmumu_reco, nanoaod_dilepton (NanoAOD layout,
     # see jobs/preprocess/nanoaod.py) or an import string "package.module:function" (your own
     # selection, see jobs/preprocess/user.py):
     #   selection: {kind: "mysel:select_events", branches: [Muon_pt, ...], options: {pt_min: 20}}
@@ -33,6 +33,8 @@ Example (all keys; the defaults are shown where a key may be left out)::
       quantities:
         pt: {truth: truth_pt, reco: reco_pt, mode: relative}   # relative | absolute | angle
     generative: {condition: [truth_mass], target: [reco_mass]}
+    classify: {label: truth_label, mass: truth_mass}   # optional: signal/background label
+                                     # (0/1) and the signal-mass parameter (or null)
     split: {train: 0.8, validation: 0.1, test: 0.1}
     nan_policy: error                # or drop (dropped events are counted in the manifest)
     step_size: 100 MB                # Dask partition size: bytes or "N MB"/"N GB" (uproot syntax)
@@ -146,6 +148,14 @@ class GenerativeConfig(_Strict):
     target: list[str] = Field(min_length=1)
 
 
+class ClassifyConfig(_Strict):
+    """Signal/background classification: the 0/1 label column and, for a parameterized
+    classifier, the column of the signal-mass parameter (written to the shards as float64)."""
+
+    label: str
+    mass: str | None = None
+
+
 class SplitConfig(_Strict):
     train: float = Field(default=0.8, gt=0.0)
     validation: float = Field(default=0.1, ge=0.0)
@@ -177,6 +187,12 @@ class JetsSelection(_Strict):
 
 class DijetSelection(_Strict):
     kind: Literal["dijet"]
+
+
+class TtbarSelection(_Strict):
+    """Every event of the ``ttbar`` sample (Z′ → tt̄ signal and SM tt̄ background)."""
+
+    kind: Literal["ttbar"]
 
 
 class HzzMuonMatchSelection(_Strict):
@@ -250,7 +266,15 @@ class UserSelection(_Strict):
     reco_ok: bool = False  # the function also returns a boolean 'reco_ok' column
 
 
-BUILTIN_KINDS = ("zll_pair", "jets", "dijet", "hzz_muon_match", "zmumu_reco", "nanoaod_dilepton")
+BUILTIN_KINDS = (
+    "zll_pair",
+    "jets",
+    "dijet",
+    "ttbar",
+    "hzz_muon_match",
+    "zmumu_reco",
+    "nanoaod_dilepton",
+)
 
 
 def _selection_tag(v: Any) -> str | None:
@@ -264,6 +288,7 @@ Selection = Annotated[
     Annotated[ZllPairSelection, Tag("zll_pair")]
     | Annotated[JetsSelection, Tag("jets")]
     | Annotated[DijetSelection, Tag("dijet")]
+    | Annotated[TtbarSelection, Tag("ttbar")]
     | Annotated[HzzMuonMatchSelection, Tag("hzz_muon_match")]
     | Annotated[ZmumuRecoSelection, Tag("zmumu_reco")]
     | Annotated[NanoaodDileptonSelection, Tag("nanoaod_dilepton")]
@@ -293,6 +318,7 @@ class PreprocessConfig(_Strict):
     unfold: UnfoldConfig | None = None
     resolution: ResolutionConfig | None = None
     generative: GenerativeConfig | None = None
+    classify: ClassifyConfig | None = None
     split: SplitConfig = Field(default_factory=SplitConfig)
     nan_policy: Literal["error", "drop"] = "error"
     step_size: int | str = "100 MB"
@@ -319,7 +345,7 @@ class PreprocessConfig(_Strict):
 
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_MODEL_TAGS = {"Edges", "ResolutionQuantity", "ResolutionConfig", "UnfoldConfig"}
+_MODEL_TAGS = {"ClassifyConfig", "Edges", "ResolutionQuantity", "ResolutionConfig", "UnfoldConfig"}
 
 
 def _loc(loc: tuple[int | str, ...], kinds: set[str]) -> str:

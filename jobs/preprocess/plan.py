@@ -112,6 +112,10 @@ def _check_columns(
         for i, c in enumerate(cfg.generative.target):
             need(f"generative.target[{i}]", c)
         written += [*cfg.generative.condition, *cfg.generative.target]
+    if cfg.classify is not None:
+        need("classify.label", cfg.classify.label)
+        need("classify.mass", cfg.classify.mass)
+        written += [c for c in (cfg.classify.label, cfg.classify.mass) if c]
     written_t = tuple(dict.fromkeys(c for c in written if c != "reco_ok"))
     used = [*cfg.features, *written_t]
     if has_ok:

@@ -11,7 +11,7 @@ Selections work on plain numpy: flat branches as arrays, jagged ones as :class:`
 (offsets + content), which is several times faster than awkward broadcasting for these
 few-objects-per-event cases and keeps the pipeline close to the raw read speed.
 
-Kinds: ``zll_pair``, ``jets``, ``dijet``, ``hzz_muon_match``, ``zmumu_reco`` (here; the
+Kinds: ``zll_pair``, ``jets``, ``dijet``, ``ttbar``, ``hzz_muon_match``, ``zmumu_reco`` (here; the
 ``hepscan simulate`` schemas and the scikit-hep-testdata files), ``nanoaod_dilepton``
 (:mod:`jobs.preprocess.nanoaod`). Import-string selections (:mod:`jobs.preprocess.user`) get
 awkward arrays instead and do not pass through :func:`select`.
@@ -37,6 +37,17 @@ from jobs.preprocess.common import (
 __all__ = ["ELECTRON_MASS", "KINDS", "MUON_MASS", "Jagged", "KindSpec", "kind_spec", "select"]
 
 _LEP = ("pt", "eta", "phi", "iso", "charge")
+_TTBAR = (
+    "truth_label",
+    "truth_mass",
+    "truth_mtt",
+    "reco_mtt",
+    *(f"reco_top{i}_{v}" for i in (1, 2) for v in ("pt", "eta")),
+    "reco_abs_dy",
+    "reco_btag1",
+    "reco_btag2",
+    "reco_njets",
+)
 
 
 def _zll_needs(columns: tuple[str, ...]) -> set[str]:
@@ -92,6 +103,10 @@ KINDS: dict[str, KindSpec] = {
     "dijet": KindSpec(
         branches={"truth_mjj": "truth_mjj", "reco_mjj": "reco_mjj"},
         columns=("truth_mjj", "reco_mjj"),
+    ),
+    "ttbar": KindSpec(
+        branches={c: c for c in _TTBAR},
+        columns=_TTBAR,
     ),
     "hzz_muon_match": KindSpec(
         branches={
@@ -156,6 +171,7 @@ def select(
         "zll_pair": _zll_pair,
         "jets": _jets,
         "dijet": _dijet,
+        "ttbar": _dijet,  # every event, the columns as they are
         "hzz_muon_match": _hzz_muon_match,
         "zmumu_reco": _zmumu_reco,
         "nanoaod_dilepton": nanoaod.nanoaod_dilepton,

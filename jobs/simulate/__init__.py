@@ -36,8 +36,12 @@ Branches (floats are float32, integers int32 unless stated):
     when the jet is lost).
 ``dijet``:
     ``event_id``, ``truth_mjj``, ``reco_mjj`` (GeV).
+``ttbar`` (Z′ → tt̄ at several masses over SM tt̄; :mod:`jobs.simulate.ttbar`):
+    ``event_id``, ``truth_label`` (int32, 1 = signal), ``truth_mass`` (Z′ mass; drawn from the
+    mass list for background), ``truth_mtt``, ``reco_mtt``, ``reco_top{1,2}_{pt,eta}``,
+    ``reco_abs_dy``, ``reco_btag{1,2}``, ``reco_njets``.
 
-Modules: ``common`` (constants, shared samplers), ``zll``, ``jets``, ``dijet`` (one per sample's
+Modules: ``common`` (constants, shared samplers), ``zll``, ``jets``, ``dijet``, ``ttbar`` (one per sample's
 physics), ``samples`` (registry and options), ``write`` (ROOT files with Dask; ``simulate``),
 ``cli`` (``hepscan simulate``).
 """
@@ -58,6 +62,7 @@ from jobs.simulate.common import (
 from jobs.simulate.dijet import DijetConfig, dijet_pdf
 from jobs.simulate.jets import JetsConfig
 from jobs.simulate.samples import SAMPLES, SampleConfig, sample_config
+from jobs.simulate.ttbar import TTBAR_MASSES, TtbarConfig
 from jobs.simulate.write import simulate
 from jobs.simulate.zll import ELECTRON, MUON, LeptonDetector, ZllConfig
 
@@ -77,6 +82,8 @@ __all__ = [
     "SQRT_S",
     "SampleConfig",
     "TREE_NAME",
+    "TTBAR_MASSES",
+    "TtbarConfig",
     "ZllConfig",
     "dijet_pdf",
     "sample_config",

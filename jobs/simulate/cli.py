@@ -6,6 +6,8 @@
     hepscan simulate jets --events 1000000 --files 2 --seed 1 --out data/jets
     hepscan simulate dijet --events 1000000 --files 2 --seed 1 --out data/dijet \
         --smearing 0.10 --mass-min 1TeV --mass-max 4TeV
+    hepscan simulate ttbar --events 400000 --files 2 --seed 1 --out data/ttbar \
+        --masses 500,1000,1.5TeV
 """
 
 from __future__ import annotations
@@ -63,6 +65,11 @@ class MassType(click.ParamType):
     "--mass-max", type=MassType(), default=None, help="zll/dijet: truth mass window high edge."
 )
 @click.option(
+    "--masses",
+    default=None,
+    help="ttbar: comma-separated Z' masses (GeV, or e.g. 1.5TeV) [500,750,...,3000].",
+)
+@click.option(
     "--chunk-size",
     type=click.IntRange(min=1),
     default=500_000,
@@ -86,11 +93,16 @@ def simulate_command(
     smearing: float | None,
     mass_min: float | None,
     mass_max: float | None,
+    masses: str | None,
     chunk_size: int,
     workers: int | None,
     progress: bool,
 ) -> None:
-    """Simulate SAMPLE (zll, jets or dijet) into ROOT files in --out."""
+    """Simulate SAMPLE (zll, jets, dijet or ttbar) into ROOT files in --out."""
+    mass_list: tuple[float, ...] | None = None
+    if masses is not None:
+        parse = MassType()
+        mass_list = tuple(parse.convert(v, None, None) for v in masses.split(",") if v.strip())
     mass_range: tuple[float, float] | None = None
     if mass_min is not None or mass_max is not None:
         default = sample_config(sample)
@@ -112,6 +124,7 @@ def simulate_command(
         out,
         smearing=smearing,
         mass_range=mass_range,
+        masses=mass_list,
         chunk_size=chunk_size,
         workers=workers,
         progress=progress,

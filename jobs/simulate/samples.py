@@ -10,15 +10,16 @@ import numpy as np
 from jobs.simulate.common import M_MUON, SQRT_S, ArrayDict
 from jobs.simulate.dijet import DijetConfig, _gen_dijet
 from jobs.simulate.jets import JetsConfig, _gen_jets
+from jobs.simulate.ttbar import TtbarConfig, _gen_ttbar, check_masses
 from jobs.simulate.zll import ZllConfig, _gen_zll
 from models.errors import ConfigError
 
 __all__ = ["SAMPLES", "SampleConfig", "sample_config"]
 
-SAMPLES: tuple[str, ...] = ("zll", "jets", "dijet")
+SAMPLES: tuple[str, ...] = ("zll", "jets", "dijet", "ttbar")
 
 
-SampleConfig = ZllConfig | JetsConfig | DijetConfig
+SampleConfig = ZllConfig | JetsConfig | DijetConfig | TtbarConfig
 
 
 def sample_config(
@@ -26,10 +27,22 @@ def sample_config(
     *,
     smearing: float | None = None,
     mass_range: tuple[float, float] | None = None,
+    masses: tuple[float, ...] | None = None,
 ) -> SampleConfig:
     """The generator configuration of ``sample`` with the user's options applied."""
     if sample not in SAMPLES:
         raise ConfigError(f"unknown sample {sample!r}: valid samples are {', '.join(SAMPLES)}")
+    if masses is not None and sample != "ttbar":
+        raise ConfigError(f"option 'masses' applies to sample 'ttbar' only, not {sample!r}")
+    if sample == "ttbar":
+        if smearing is not None or mass_range is not None:
+            raise ConfigError("options 'smearing' and 'mass_range' do not apply to sample 'ttbar'")
+        if masses is None:
+            return TtbarConfig()
+        try:
+            return TtbarConfig(masses=check_masses(tuple(masses)))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"option 'masses': {exc}") from None
     if smearing is not None:
         if sample != "dijet":
             raise ConfigError(f"option 'smearing' applies to sample 'dijet' only, not {sample!r}")
@@ -62,4 +75,5 @@ _GENERATORS: dict[str, Callable[[np.random.Generator, int, Any], ArrayDict]] = {
     "zll": _gen_zll,
     "jets": _gen_jets,
     "dijet": _gen_dijet,
+    "ttbar": _gen_ttbar,
 }

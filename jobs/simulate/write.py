@@ -211,6 +211,7 @@ def simulate(
     *,
     smearing: float | None = None,
     mass_range: tuple[float, float] | None = None,
+    masses: tuple[float, ...] | None = None,
     chunk_size: int = 500_000,
     workers: int | None = None,
     progress: bool = True,
@@ -219,11 +220,12 @@ def simulate(
 
     ``events`` are split evenly over the files (the first ``events % files`` get one more).
     ``smearing`` (dijet: relative reco mass resolution, default 0.03) and ``mass_range``
-    (zll, dijet: truth mass window in GeV) change the physics; ``chunk_size`` (events held in
+    (zll, dijet: truth mass window in GeV) and ``masses`` (ttbar: the Z′ masses in GeV) change
+    the physics; ``chunk_size`` (events held in
     memory per file, rounded to whole RNG blocks of 65 536), ``workers`` (parallel files,
     default min(files, CPUs)) and ``progress`` do not change the output.
     """
-    config = sample_config(sample, smearing=smearing, mass_range=mass_range)
+    config = sample_config(sample, smearing=smearing, mass_range=mass_range, masses=masses)
     for name, value, minimum in (
         ("events", events, 1),
         ("files", files, 1),
