@@ -53,6 +53,7 @@ def simulate_cached(
     *,
     smearing: float | None = None,
     mass_range: tuple[float, float] | None = None,
+    masses: Sequence[float] | None = None,
 ) -> list[Path]:
     """ROOT files from ``jobs.simulate`` for these options, reused when already in the cache."""
     from jobs.simulate import simulate
@@ -62,6 +63,8 @@ def simulate_cached(
         tag += f"-sm{smearing:g}"
     if mass_range is not None:
         tag += f"-m{mass_range[0]:g}_{mass_range[1]:g}"
+    if masses is not None:
+        tag += "-M" + "_".join(f"{m:g}" for m in masses)
     where = cache_dir / tag
     final = where / f"{sample}_0000.root"
     if final.exists():
@@ -75,6 +78,7 @@ def simulate_cached(
         where,
         smearing=smearing,
         mass_range=mass_range,
+        masses=None if masses is None else tuple(masses),
         workers=1,
         progress=False,
     )
