@@ -77,6 +77,8 @@ studies: install
 	$(PY) -m benchmarks.studies.falling_spectrum --jobs 2
 	$(PY) -m benchmarks.studies.prior_dependence
 	$(PY) -m benchmarks.studies.resolution_jets
+	$(PY) -m benchmarks.studies.param_classifier
+	$(PY) -m benchmarks.studies.vae_anomaly
 	$(MAKE) unfold-cms prior-shift-closure
 
 # Real data (issue 10, item 7): simulate zll, preprocess, scan, register 2 models, apply them

@@ -19,6 +19,7 @@ Tikhonov baselines) and provenance (scan, trial, metrics, git sha). It is a dire
     probs = bundle.truth_probabilities(frame)                        # (events, bins) float64
     # resolution: output="proba" (p_<q>_<k>) or output="sample" (reco_<q>, reconstructed)
     # gan / flow: one smeared reco row per truth row, columns = generative targets
+    # param_classifier / vae: out["score"] (signal probability; anomaly score)
 
 Input columns (:meth:`ModelBundle.input_columns`): for a network input ``feat_<f>`` the raw
 column ``<f>`` (standardised here with the manifest's mean/std); for ``reco_bin``
@@ -61,7 +62,7 @@ __all__ = [
 BUNDLE_VERSION = 1
 BUNDLE_FILE = "bundle.json"
 WEIGHTS_FILE = "weights.pt"
-KINDS = ("unfold", "resolution", "generative")
+KINDS = ("unfold", "resolution", "generative", "score")
 # Manifest keys a bundle keeps: what data_spec and the raw-input transformation read.
 MANIFEST_KEYS = (
     "sample",
@@ -74,7 +75,12 @@ MANIFEST_KEYS = (
     "classify",
     "config",  # the preprocessing config: ROOT inputs of `hepscan apply` go through it again
 )
-OUTPUTS = {"unfold": ("proba",), "resolution": ("proba", "sample"), "generative": ("sample",)}
+OUTPUTS = {
+    "unfold": ("proba",),
+    "resolution": ("proba", "sample"),
+    "generative": ("sample",),
+    "score": ("score",),  # classify families (param_classifier, vae): one score per event
+}
 
 
 def manifest_subset(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -116,6 +122,8 @@ def family_kind(spec: Any) -> str:
         return "generative"
     if spec.target_kind == "multiclass":
         return "resolution"
+    if spec.extra.get("output") == "score":
+        return "score"
     return "unfold"
 
 
@@ -311,6 +319,8 @@ class ModelBundle:
             return {f"p_{k}": p[:, k] for k in range(p.shape[1])}
         model = self.build()
         x = self.inputs(frame, where)
+        if kind == "score":
+            return {"score": model.score(x).double().numpy()}  # type: ignore[operator]
         gen = torch.Generator().manual_seed(int(seed))
         names = list(self.spec.dims.names) or [f"q{i}" for i in range(len(self.spec.y_columns))]
         with torch.no_grad():
@@ -334,6 +344,8 @@ class ModelBundle:
         output = output or OUTPUTS[kind][0]
         if kind == "unfold":
             return [f"p_{k}" for k in range(self.n_bins)]
+        if kind == "score":
+            return ["score"]
         names = list(self.spec.dims.names)
         if kind == "resolution" and output == "proba":
             n = self.spec.dims.n_classes[0]

@@ -29,13 +29,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from models.base import (
     DataDims,
     DataSpec,
     Family,
     SearchSpace,
+    StandardisationBuffers,
     StepFn,
     chunked,
     eval_mode,
@@ -92,7 +93,7 @@ def data_spec(manifest: Manifest) -> DataSpec:
         target_kind="class",
         dims=DataDims(n_inputs=len(x_cols), n_classes=(2,)),
         standardise=(mass,),
-        extra={"label": label, "mass": mass},
+        extra={"label": label, "mass": mass, "output": "score"},
     )
 
 
@@ -102,10 +103,14 @@ def mass_points(mass: Tensor, signal: Tensor) -> Tensor | None:
     return values if 0 < len(values) <= MAX_MASS_POINTS else None
 
 
-class ParamClassifier(nn.Module):
+class ParamClassifier(StandardisationBuffers):
+    """Keeps the loop's standardisation of the mass input (buffers), so :meth:`score` takes the
+    mass in GeV (``hepscan apply``, MLflow pyfunc); ``forward`` takes standardised inputs."""
+
     def __init__(self, config: ParamClassifierConfig, dims: DataDims) -> None:
         super().__init__()
         self.config = config
+        self._init_standardisation(dims.n_inputs, 0)
         self.net = mlp(dims.n_inputs, [config.hidden] * config.depth, 1, dropout=config.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -114,10 +119,11 @@ class ParamClassifier(nn.Module):
 
     @torch.no_grad()
     def score(self, x: Tensor) -> Tensor:
-        """Signal probability (B,) in eval mode."""
+        """Signal probability (B,) in eval mode; the mass column in physical units (the
+        ``feat_*`` columns as preprocess standardised them)."""
         x = x.to(model_device(self), model_dtype(self))
         with eval_mode(self):
-            return torch.sigmoid(chunked(self, x))
+            return torch.sigmoid(chunked(self, self.standardise_x(x)))
 
     def configure_optimizers(self, lr: float) -> list[torch.optim.Optimizer]:
         return [torch.optim.Adam(self.parameters(), lr=lr, weight_decay=self.config.weight_decay)]

@@ -86,7 +86,7 @@ def data_spec(manifest: Manifest) -> DataSpec:
         y_columns=(label,),
         target_kind="class",
         dims=DataDims(n_inputs=len(x_cols), n_classes=(2,)),
-        extra={"label": label, "mass": mass},
+        extra={"label": label, "mass": mass, "output": "score"},
     )
 
 

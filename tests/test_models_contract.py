@@ -114,7 +114,9 @@ def test_output_shapes(name: str) -> None:
     assert all(isinstance(o, torch.optim.Adam) for o in model.configure_optimizers(1e-3))  # type: ignore[operator]
     assert isinstance(model, HepModel)
     assert isinstance(model, Calibratable) == (name == "unfold_bins")
-    assert isinstance(model, Standardisable) == (name in ("resolution", "gan", "flow"))
+    assert isinstance(model, Standardisable) == (
+        name in ("resolution", "gan", "flow", "param_classifier")
+    )
 
 
 @pytest.mark.parametrize("name", ["resolution", "gan", "flow"])

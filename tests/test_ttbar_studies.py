@@ -180,3 +180,55 @@ def test_vae_anomaly_fast(tmp_path: Path) -> None:
     assert len(trials) == 2 and all(0.0 < float(t["test AUC recon"]) < 1.0 for t in trials)
     assert res["headline"]["auc_supervised"] > res["headline"]["auc_vae"]
     assert (out / "vae_vs_supervised.png").exists()
+    # the scan logged and registered its best VAE as an MLflow model (a "score" bundle)
+    from scan.publish import published_models
+
+    models = published_models(res["scan"].scan_dir)
+    assert len(models) == 1 and models[0]["model_uri"].startswith("models:/")
+
+
+def test_param_classifier_bundle_scores_physical_mass() -> None:
+    """A bundle (what ``hepscan apply`` and the MLflow model load) takes raw columns — the
+    features before preprocess standardised them and the mass in GeV — and gives the same
+    score as the network on the loop's standardised inputs."""
+    import dataclasses
+
+    from models.base import standardisation_vectors
+    from models.bundle import ModelBundle
+    from models.manifest import Manifest
+    from models.registry import get_family
+
+    raw = {
+        "features": ["mtt", "dy"],
+        "scaler": {"mean": [800.0, 1.0], "std": [400.0, 0.5]},
+        "classify": {"label": "truth_label", "mass": "truth_mass"},
+    }
+    family = get_family("param_classifier")
+    spec = family.data_spec(Manifest.from_dict(raw))
+    torch.manual_seed(0)
+    model = family.build(family.config_cls(), spec.dims)
+    model.set_standardisation(  # type: ignore[operator]
+        *standardisation_vectors(spec, {"truth_mass": 1500.0}, {"truth_mass": 800.0})
+    )
+    bundle = ModelBundle(
+        "param_classifier",
+        dataclasses.asdict(family.config_cls()),
+        raw,
+        {},
+        model.state_dict(),
+    )
+    assert bundle.kind == "score" and bundle.output_columns() == ["score"]
+    frame = {"mtt": np.array([700.0, 2000.0]), "dy": np.array([0.5, 2.0])}
+    frame["truth_mass"] = np.array([750.0, 2000.0])
+    got = bundle.predict(frame)["score"]
+    x = torch.tensor(
+        [
+            [(700 - 800) / 400, (0.5 - 1) / 0.5, (750 - 1500) / 800],
+            [(2000 - 800) / 400, (2 - 1) / 0.5, (2000 - 1500) / 800],
+        ],
+        dtype=torch.float32,
+    )
+    model.eval()
+    with torch.no_grad():
+        want = torch.sigmoid(model(x)).double().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-6)

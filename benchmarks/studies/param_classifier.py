@@ -20,7 +20,7 @@ rejection of 100 (ε_B = 1 %) and background rejection 1/ε_B at 50 % signal eff
 
 Launch::
 
-    python -m benchmarks.studies.param_classifier            # full: 300k train, 8 x 100k, 400k test
+    python -m benchmarks.studies.param_classifier    # full: 250k train, 8 x 80k, 400k test events
     python -m benchmarks.studies.param_classifier --fast --out /tmp/s7
 
 Outputs in --out (default studies-output/param_classifier): ``table.md``, ``table_*.csv``,
@@ -165,10 +165,10 @@ def run(
     seed: int = 7,
     cache_dir: Path | None = None,
 ) -> dict[str, Any]:
-    train_events = train_events or (40_000 if fast else 300_000)
-    per_mass_events = per_mass_events or (20_000 if fast else 100_000)
+    train_events = train_events or (40_000 if fast else 250_000)
+    per_mass_events = per_mass_events or (20_000 if fast else 80_000)
     test_events = test_events or (60_000 if fast else 400_000)
-    epochs = epochs or (5 if fast else 20)
+    epochs = epochs or (5 if fast else 15)
     reference = LEFT_OUT if fast else ALL_MASSES
     cache = cache_dir or (out.parent / ".cache")
     settings = common.TrainSettings(epochs=epochs, batch_size=512, lr=2e-3, patience=3, seed=seed)
