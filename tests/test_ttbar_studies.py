@@ -232,3 +232,40 @@ def test_param_classifier_bundle_scores_physical_mass() -> None:
     with torch.no_grad():
         want = torch.sigmoid(model(x)).double().numpy()
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_param_classifier_auc_mean_evaluates_background_at_each_mass() -> None:
+    from models.manifest import Manifest
+    from models.registry import get_family
+
+    family = get_family("param_classifier")
+    spec = family.data_spec(
+        Manifest.from_dict(
+            {"features": ["a"], "classify": {"label": "truth_label", "mass": "truth_mass"}}
+        )
+    )
+    torch.manual_seed(0)
+    model = family.build(family.config_cls(hidden=8, depth=1), spec.dims)
+    g = torch.Generator().manual_seed(3)
+    n = 600
+    y = (torch.rand(n, generator=g) < 0.5).long()
+    grid = torch.tensor([-1.0, 0.0, 1.0])
+    mass = grid[torch.randint(0, 3, (n,), generator=g)]
+    x = torch.stack([torch.randn(n, generator=g) + y, mass], dim=1)
+    out = model.evaluate({"x": x, "y": y})  # type: ignore[operator]
+    want = []
+    for m in grid:
+        sig = x[(y == 1) & (mass == m)]
+        bkg = x[y == 0].clone()
+        bkg[:, 1] = m
+        with torch.no_grad():
+            s = torch.cat([model(sig), model(bkg)]).numpy()  # type: ignore[operator]
+        want.append(roc_auc(s, np.r_[np.ones(len(sig)), np.zeros(len(bkg))]))
+    assert out["auc_mean"] == pytest.approx(float(np.mean(want)), abs=1e-12)
+    with torch.no_grad():
+        overall = roc_auc(model(x).numpy(), y.numpy())  # type: ignore[operator]
+    assert out["auc"] == pytest.approx(overall, abs=1e-12)
+    # no mass grid (continuous masses): auc_mean falls back to the overall AUC
+    x[:, 1] = torch.randn(n, generator=g)
+    out = model.evaluate({"x": x, "y": y})  # type: ignore[operator]
+    assert out["auc_mean"] == out["auc"]
