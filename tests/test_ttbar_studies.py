@@ -269,3 +269,15 @@ def test_param_classifier_auc_mean_evaluates_background_at_each_mass() -> None:
     x[:, 1] = torch.randn(n, generator=g)
     out = model.evaluate({"x": x, "y": y})  # type: ignore[operator]
     assert out["auc_mean"] == out["auc"]
+
+
+@pytest.mark.parametrize(
+    ("name", "family", "metric"),
+    [("param_classifier_ttbar", "param_classifier", "auc_mean"), ("vae_ttbar", "vae", "auc")],
+)
+def test_scan_configs_validate(name: str, family: str, metric: str) -> None:
+    from scan.config import load_scan_config
+
+    cfg = load_scan_config(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml")
+    assert cfg.family == family and cfg.objective_list[0].metric == metric
+    assert cfg.objective_list[0].mode == "max" and cfg.space
