@@ -40,7 +40,8 @@ def generate_events(bundle: ModelBundle, inputs: Inputs, *, seed: int = 0) -> Ge
     """One generated reco row per input row, and the comparison with real reco when present."""
     from models.metrics import classifier_auc, wasserstein_per_feature
 
-    out = bundle.predict(inputs.columns, output="sample", seed=seed, where=inputs.source)
+    output = "score" if bundle.kind == "score" else "sample"  # classify families: per-event score
+    out = bundle.predict(inputs.columns, output=output, seed=seed, where=inputs.source)
     names = [c for c in out if c != "reconstructed"]
     cond_cols = [c for c in bundle.input_columns() if c in inputs.columns]
     columns: dict[str, np.ndarray] = {}
