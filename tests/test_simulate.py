@@ -482,7 +482,7 @@ def test_unwritable_output_dir_cli_exits_nonzero(
 
 def test_unknown_sample_and_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(ConfigError, match="zll, jets, dijet"):
-        simulate("ttbar", 10, 1, 1, tmp_path, progress=False)
+        simulate("wprime", 10, 1, 1, tmp_path, progress=False)
     with pytest.raises(ConfigError, match="smearing"):
         simulate("zll", 10, 1, 1, tmp_path, smearing=0.1, progress=False)
     with pytest.raises(ConfigError, match="mass_range"):
@@ -491,9 +491,9 @@ def test_unknown_sample_and_bad_options(tmp_path: Path, capsys: pytest.CaptureFi
         simulate("zll", 2, 3, 1, tmp_path, progress=False)
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(SystemExit) as exc:
-        main(["simulate", "ttbar", "--events", "10", "--out", str(tmp_path / "x")])
+        main(["simulate", "wprime", "--events", "10", "--out", str(tmp_path / "x")])
     assert exc.value.code == 2
-    assert "unknown sample 'ttbar'" in capsys.readouterr().err
+    assert "unknown sample 'wprime'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 
