@@ -53,7 +53,13 @@ def _finish(result: ScanResult) -> None:
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="override a config key")
 @click.option("--scan-dir", default=None, help="where the scan keeps its state")
 @click.option("--address", default=None, help="Ray cluster address (default: start Ray locally)")
-@click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite in dir)")
+@click.option(
+    "--tracking-uri",
+    default=None,
+    envvar="HEPSCAN_TRACKING_URI",
+    help="MLflow tracking URI (default: sqlite in dir); or HEPSCAN_TRACKING_URI, which keeps a "
+    "password out of the command line",
+)
 @click.option("--register-top", type=int, default=None, metavar="K", help="register the K best")
 def scan_command(
     config_path: str,
@@ -84,7 +90,12 @@ def scan_command(
 @click.command("resume")
 @click.argument("scan_dir", metavar="DIR", type=click.Path(file_okay=False))
 @click.option("--address", default=None, help="Ray cluster address (default: start Ray locally)")
-@click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: the scan's)")
+@click.option(
+    "--tracking-uri",
+    default=None,
+    envvar="HEPSCAN_TRACKING_URI",
+    help="MLflow tracking URI (default: the scan's); or HEPSCAN_TRACKING_URI",
+)
 def resume_command(scan_dir: str, address: str | None, tracking_uri: str | None) -> None:
     """Continue an interrupted scan."""
     try:

@@ -20,7 +20,7 @@ from typing import Any
 
 from models.errors import InputError
 from scan.config import ScanConfig, load_scan_config
-from tracking.store import MAPPING_FILE, default_tracking_uri
+from tracking.store import MAPPING_FILE, default_tracking_uri, read_mapping, redact_uri
 
 __all__ = [
     "CONFIG_FILE",
@@ -45,10 +45,15 @@ FINISHED_KEY = "trial_finished"
 
 
 def save_config(cfg: ScanConfig, scan_dir: Path) -> None:
-    """Write ``scan.json`` atomically (creating ``scan_dir``)."""
+    """Write ``scan.json`` atomically (creating ``scan_dir``).  A tracking URI with a password
+    is left out: it is kept in ``tracking.json`` (0600) only, where a resume finds it."""
     scan_dir.mkdir(parents=True, exist_ok=True)
+    data = cfg.to_dict()
+    uri = data.get("tracking_uri")
+    if isinstance(uri, str) and redact_uri(uri) != uri:
+        data["tracking_uri"] = None
     tmp = scan_dir / f".{CONFIG_FILE}.tmp"
-    tmp.write_text(json.dumps(cfg.to_dict(), indent=2))
+    tmp.write_text(json.dumps(data, indent=2))
     os.replace(tmp, scan_dir / CONFIG_FILE)
 
 
@@ -77,13 +82,9 @@ def trial_finished(last_result: Mapping[str, Any], max_epochs: int) -> bool:
 
 
 def tracking_state(d: Path) -> dict[str, Any]:
-    """The content of ``SCAN_DIR/tracking.json`` (parent run, trial -> run id), or ``{}``."""
-    p = d / MAPPING_FILE
-    try:
-        data = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    """The content of ``SCAN_DIR/tracking.json`` (parent run, trial -> run id), ``{}`` when
+    there is none; a corrupt one is an :class:`~models.errors.InputError` naming it."""
+    return read_mapping(d / MAPPING_FILE)
 
 
 def tracking_mapping(d: Path) -> dict[str, str]:

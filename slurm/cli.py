@@ -12,6 +12,7 @@ import click
 from slurm.cluster import status
 from slurm.spec import JobSpec
 from slurm.submit import submit, tracking_store
+from tracking.store import ui_command
 
 __all__ = ["slurm_group"]
 
@@ -151,7 +152,7 @@ def submit_command(
         click.echo(f"  MLflow:   {result.tracking}")
         store = tracking_store(spec, result.scan_dir)
         if not store.startswith("http"):
-            click.echo(f"  review:   mlflow ui --backend-store-uri {store}")
+            click.echo(f"  review:   {ui_command(store)}")
     click.echo(f"  status:   hepscan slurm status {result.job_id}")
 
 

@@ -31,6 +31,7 @@ Modules: ``spec`` (JobSpec, results), ``render`` (templates), ``cluster`` (scont
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from models.errors import ConfigError, HepscanError
@@ -38,6 +39,7 @@ from slurm.cluster import _run, _sbatch_env, check_partition, status
 from slurm.gpus import check_scan_gpus, scan_resources
 from slurm.render import _resolved, render_script
 from slurm.spec import JobSpec, JobStatus, SubmitResult, time_to_seconds
+from tracking.store import redact_uri
 
 __all__ = [
     "JobSpec",
@@ -49,6 +51,7 @@ __all__ = [
     "submit",
     "time_to_seconds",
     "tracking_store",
+    "write_script",
 ]
 
 
@@ -62,9 +65,13 @@ def tracking_store(spec: JobSpec, scan_dir: Path | None) -> str:
 def _tracking_description(spec: JobSpec, scan_dir: Path | None, run_dir: Path) -> str:
     if spec.kind != "scan":
         return ""
-    store = tracking_store(spec, scan_dir)
+    store = redact_uri(tracking_store(spec, scan_dir))
     if spec.uses_mlflow_server:
-        return f"{store} (live viewer: mlflow server, URL in {run_dir}/mlflow_server_url)"
+        return (
+            f"{store} (live viewer: mlflow server with basic auth, URL in "
+            f"{run_dir}/mlflow_server_url, user and password in "
+            f"{run_dir}/mlflow-auth.JOBID/credentials while the job runs)"
+        )
     return store
 
 
@@ -73,6 +80,19 @@ def _check_gpus(spec: JobSpec, config: Path) -> None:
     if spec.kind == "scan" and spec.command is None:
         workers, gpus_per_worker = scan_resources(config, spec.driver_args)
         check_scan_gpus(str(config), workers, gpus_per_worker, spec.gpus_per_node)
+
+
+def write_script(path: Path, script: str) -> None:
+    """Write a job script 0700 (owner only, whatever the umask), atomically: it may hold a
+    ``--tracking-uri`` with a database password, which the job passes to its processes through
+    their environment, never their command lines (see scan.sbatch)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o700)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(script)
+    os.chmod(tmp, 0o700)
+    tmp.replace(path)
 
 
 def submit(spec: JobSpec, dry_run: bool = False) -> SubmitResult:
@@ -95,10 +115,7 @@ def submit(spec: JobSpec, dry_run: bool = False) -> SubmitResult:
     for sub in ("logs", "ray", "dask"):
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
     script_path = run_dir / f"{spec.kind}.sbatch"
-    tmp = script_path.with_name(f".{script_path.name}.tmp")
-    tmp.write_text(script)
-    tmp.chmod(0o755)
-    tmp.replace(script_path)
+    write_script(script_path, script)
 
     cmd = ["sbatch", "--parsable"]
     if not spec.partition:

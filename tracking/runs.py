@@ -54,6 +54,7 @@ from tracking.store import (
     _write_json_atomic,
     default_tracking_uri,
     flatten,
+    read_mapping,
     runs_of_scan,
     ui_command,
 )
@@ -108,13 +109,7 @@ class ScanTracker(RunWriter):
 
     # ---------------------------------------------------------------- state & client
     def _load_state(self) -> dict[str, Any]:
-        if not self._mapping_path.exists():
-            return {}
-        try:
-            data = json.loads(self._mapping_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return {}
-        return data if isinstance(data, dict) else {}
+        return read_mapping(self._mapping_path)
 
     def _save_state(self) -> None:
         self._state["tracking_uri"] = self.tracking_uri

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -23,7 +24,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from models.errors import require
+from models.errors import HepscanError, InputError, require
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -35,6 +36,8 @@ __all__ = [
     "TrialStatus",
     "default_tracking_uri",
     "flatten",
+    "read_mapping",
+    "redact_uri",
     "runs_of_scan",
     "ui_command",
 ]
@@ -75,8 +78,68 @@ def default_tracking_uri(scan_dir: str | Path) -> str:
     return f"sqlite:///{Path(scan_dir).resolve() / 'mlflow.db'}"
 
 
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@:\s]*):[^/@\s]*@")
+
+
+def redact_uri(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@host`` in it replaced by
+    ``***`` (``postgresql://me:***@db/mlflow``): what may be logged, printed or tagged."""
+    return _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+
+
+def _redact_value(value: Any) -> Any:
+    """``value`` with :func:`redact_uri` applied to every string inside it."""
+    if isinstance(value, str):
+        return redact_uri(value)
+    if isinstance(value, Mapping):
+        return {k: _redact_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_redact_value(v) for v in value)
+    return value
+
+
+def read_mapping(path: Path) -> dict[str, Any]:
+    """The content of a scan's ``tracking.json`` (parent run, trial -> run id, store URI);
+    ``{}`` when the file does not exist.  A file that exists but cannot be read or is not a
+    JSON object is an :class:`~models.errors.InputError` naming it: reading it as ``{}`` would
+    make a resume open a second parent run and duplicate every trial's run."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the scan's MLflow run mapping ({exc})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(
+            f"{path}: corrupt MLflow run mapping ({exc}); restore it from a backup, or move it "
+            "away to start the scan's MLflow runs afresh"
+        ) from None
+    if not isinstance(data, dict):
+        raise InputError(
+            f"{path}: corrupt MLflow run mapping (a JSON object expected, found "
+            f"{type(data).__name__})"
+        )
+    return data
+
+
+def is_not_found(exc: BaseException) -> bool:
+    """Whether an MLflow error says the run/experiment does not exist (and nothing else)."""
+    return getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
+
+
+def tracking_error(uri: str, what: str, exc: BaseException) -> HepscanError:
+    """One clear error for an unexpected failure of the MLflow store (password redacted)."""
+    return HepscanError(
+        f"MLflow store {redact_uri(uri)}: {what} failed ({type(exc).__name__}: "
+        f"{redact_uri(str(exc))})"
+    )
+
+
 def ui_command(tracking_uri: str, port: int = 5000) -> str:
-    """The exact command to review a scan's runs in the MLflow UI."""
+    """The exact command to review a scan's runs in the MLflow UI (any password as ``***``)."""
+    tracking_uri = redact_uri(tracking_uri)
     if tracking_uri.startswith(("http://", "https://")):
         return f"open {tracking_uri}"
     return f"mlflow ui --backend-store-uri {tracking_uri} --port {port}"
@@ -127,6 +190,8 @@ def flatten(d: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str,
 
 
 def _param_value(value: Any) -> str:
+    """A param's text: JSON for containers, any URI password as ``***``, cut to MLflow's limit."""
+    value = _redact_value(value)
     if isinstance(value, str):
         text = value
     elif isinstance(value, Enum):
@@ -139,12 +204,13 @@ def _param_value(value: Any) -> str:
 
 
 def _tag_value(value: Any) -> str:
-    text = str(value)
+    text = redact_uri(str(value))
     return text if len(text) <= _MAX_TAG_LEN else text[: _MAX_TAG_LEN - 3] + "..."
 
 
 def _json(data: Any) -> str:
-    return json.dumps(data, default=str, indent=2, sort_keys=True)
+    """An artifact's JSON text, any URI password as ``***``."""
+    return json.dumps(_redact_value(data), default=str, indent=2, sort_keys=True)
 
 
 def _quote(value: str) -> str | None:

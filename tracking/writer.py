@@ -27,6 +27,8 @@ from tracking.store import (
     _retry,
     _tag_value,
     flatten,
+    is_not_found,
+    tracking_error,
 )
 
 if TYPE_CHECKING:
@@ -97,9 +99,14 @@ class RunWriter:
         try:
             run = _retry(self.client.get_run, run_id)
         except Exception as exc:
+            # Only "no such run" means no run (a store that was replaced, a deleted run); a lock
+            # that outlasted the retries, a server error or a broken connection is an error,
+            # not a reason to open a duplicate run.
+            if is_not_found(exc):
+                return None
             if _is_locked(exc):
                 raise
-            return None
+            raise tracking_error(self.tracking_uri, f"reading run {run_id}", exc) from exc
         if run.info.lifecycle_stage == "deleted":
             return None
         return run

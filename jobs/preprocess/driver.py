@@ -199,6 +199,13 @@ def _dask_client(scheduler: str | None, workers: int | None, n_parts: int) -> It
             client = Client(scheduler, timeout="15s")
         except (OSError, TimeoutError) as exc:
             raise ConfigError(f"--scheduler {scheduler!r}: cannot connect ({exc})") from None
+        except TypeError as exc:
+            if "ssl_context" not in str(exc):
+                raise
+            raise ConfigError(
+                f"--scheduler {scheduler!r}: a tls:// scheduler needs the job's TLS credentials "
+                "(DASK_DISTRIBUTED__COMM__TLS__*: see jobs/preprocess/security.py)"
+            ) from None
         try:
             yield client
         finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pickle
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from jobs.train.data import prepare
 from jobs.train.session import TrainSession
 from models.errors import ConfigError, HepscanError, require
 
-__all__ = ["train"]
+__all__ = ["RankError", "train"]
 
 
 def _loop(session: TrainSession, reporter: Reporter | None) -> TrainResult:
@@ -41,13 +42,38 @@ def _share_cores(workers: int) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, workers)))
 
 
+class RankError(RuntimeError):
+    """An exception of a training rank that could not be sent to the parent as it was (it does
+    not pickle): its type, message and traceback as text."""
+
+
+def _relayable(exc: BaseException, rank: int) -> BaseException:
+    """``exc`` ready to cross a process boundary: the rank's traceback attached as a note (so
+    the parent's traceback shows where it happened), or a :class:`RankError` with the same text
+    when ``exc`` does not survive a pickle round trip.  :class:`HepscanError` messages are
+    unchanged: notes are not part of ``str(exc)``."""
+    tb = "".join(traceback.format_exception(exc)).rstrip()
+    try:
+        note = f"raised on rank {rank}:\n{tb}"
+        if hasattr(exc, "add_note"):  # Python >= 3.11
+            exc.add_note(note)
+        else:
+            exc.__notes__ = [*getattr(exc, "__notes__", []), note]
+        copy = pickle.loads(pickle.dumps(exc))
+        if type(copy) is type(exc) and str(copy) == str(exc):
+            return exc
+    except Exception:  # noqa: BLE001 - anything that does not pickle is sent as text
+        pass
+    return RankError(f"rank {rank} raised {type(exc).__qualname__}: {exc}\n{tb}")
+
+
 def _horovod_worker(config: TrainConfig) -> tuple[str, Any]:
     _share_cores(int(os.environ.get("HOROVOD_LOCAL_SIZE", config.workers)))
     session = TrainSession(config, comm=make_comm("horovod"))
     try:
         result = _loop(session, None)
-    except HepscanError as exc:
-        return ("error", exc)
+    except Exception as exc:  # noqa: BLE001 - relayed to the parent, whatever its type
+        return ("error", _relayable(exc, session.rank))
     return ("ok", result if session.rank == 0 else None)
 
 
@@ -72,9 +98,11 @@ def _ddp_worker(rank: int, config: TrainConfig, port: int, queue: Any) -> None:
             # Plain pickle bytes: torch's queue reducer would share tensor storage through
             # file descriptors that die with this process.
             queue.put(("ok", pickle.dumps(result)))
-    except HepscanError as exc:
+    except Exception as exc:  # noqa: BLE001 - rank 0 relays any error to the parent
         if rank == 0:
-            queue.put(("error", pickle.dumps(exc)))
+            queue.put(("error", pickle.dumps(_relayable(exc, rank))))
+        if not isinstance(exc, HepscanError):
+            raise  # the process fails, so the parent stops the other ranks at once
     finally:
         session.close()
     # The result is in the queue (put() writes the pipe before returning). A spawned process
