@@ -46,11 +46,13 @@ hs_port_base() {
     fi
 }
 
-# Wait until host:port accepts TCP connections (bash's /dev/tcp, no extra tools).
+# Wait until host:port accepts TCP connections (bash's /dev/tcp, no extra tools); with a pid,
+# give up as soon as that process (the server) has exited.
 hs_wait_port() {
-    local host="$1" port="$2" timeout="${3:-120}" i
+    local host="$1" port="$2" timeout="${3:-120}" pid="${4:-}" i
     for ((i = 0; i < timeout * 2; i++)); do
         if (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; then return 0; fi
+        if [[ -n "$pid" ]] && ! kill -0 "$pid" 2>/dev/null; then return 1; fi
         sleep 0.5
     done
     return 1

@@ -251,6 +251,7 @@ def test_dask_http_endpoints_are_loopback_health_only(dask_job: dict[str, Any]) 
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(url + path, timeout=5)
         assert info.value.code == 404
+        info.value.close()
     listening = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True).stdout
     pids = {
         str(p)
@@ -343,7 +344,8 @@ def _get(url: str, auth: tuple[str, str] | None = None) -> tuple[int, str]:
         with urllib.request.urlopen(req, timeout=10) as r:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+        with exc:
+            return exc.code, exc.read().decode()
 
 
 SEARCH = "/api/2.0/mlflow/experiments/search?max_results=10"
@@ -477,7 +479,7 @@ def test_driver_gets_the_tracking_uri_through_its_environment(tmp_path: Path) ->
                 script,
                 "# ---------------------------------------------------------------------------- per-node Ray",
             )
-            + _glue(RAY_ADDRESS="127.0.0.1:1")
+            + _glue(RAY_ADDRESS="127.0.0.1:1", SLURM_SUBMIT_DIR=str(tmp_path))
             + "HS_INTERRUPTED=0; HS_DRIVER_PID=''\n"
             + _section(
                 script,
