@@ -65,7 +65,13 @@ def slurm_group() -> None:
     default=True,
     help="Requeue after a checkpoint on USR1 and resume the scan.",
 )
-@click.option("--tracking-uri", default=None, help="Existing MLflow tracking URI to log to.")
+@click.option(
+    "--tracking-uri",
+    default=None,
+    envvar="HEPSCAN_TRACKING_URI",
+    help="Existing MLflow tracking URI to log to; or HEPSCAN_TRACKING_URI, which keeps a "
+    "database password off the command line.",
+)
 @click.option(
     "--mlflow-server/--no-mlflow-server",
     default=False,

@@ -237,7 +237,7 @@ def test_dask_client_with_another_ca_is_refused(dask_job: dict[str, Any], tmp_pa
     from jobs.preprocess.security import security, write_credentials
 
     mine = write_credentials(tmp_path / "attacker")
-    with pytest.raises(OSError, match="TLS|SSL|certificate|closed|Timed out"):
+    with pytest.raises(OSError, match="TLS certificate does not match"):
         Client(dask_job["address"], security=security(mine.directory), timeout=5)
     with _tls_client(dask_job) as client:  # and the job's own clients still work
         assert client.submit(len, "abc").result(timeout=30) == 3
