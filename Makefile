@@ -79,6 +79,7 @@ studies: install
 	$(PY) -m benchmarks.studies.resolution_jets
 	$(PY) -m benchmarks.studies.param_classifier
 	$(PY) -m benchmarks.studies.vae_anomaly
+	PYTHONPATH=. $(PY) -m benchmarks.studies.recoil_regression
 	$(MAKE) unfold-cms prior-shift-closure
 
 # Real data (issue 10, item 7): simulate zll, preprocess, scan, register 2 models, apply them

@@ -73,6 +73,7 @@ MANIFEST_KEYS = (
     "resolution",
     "generative",
     "classify",
+    "regression",
     "config",  # the preprocessing config: ROOT inputs of `hepscan apply` go through it again
 )
 OUTPUTS = {

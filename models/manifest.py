@@ -22,7 +22,7 @@ MANIFEST_NAME = "manifest.json"
 SPLITS = ("train", "validation", "test")
 MANIFEST_VERSION = 1
 # Optional target sections, one per kind of model family.
-SECTIONS = ("unfold", "resolution", "generative", "classify")
+SECTIONS = ("unfold", "resolution", "generative", "classify", "regression")
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class Manifest:
     resolution: dict[str, Any] | None = None
     generative: dict[str, Any] | None = None
     classify: dict[str, Any] | None = None  # {"label": column, "mass": column | None}
+    regression: dict[str, Any] | None = None
     version: int = MANIFEST_VERSION  # manifest_version of manifest.json
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -60,6 +61,7 @@ class Manifest:
             resolution=raw.get("resolution"),
             generative=raw.get("generative"),
             classify=raw.get("classify"),
+            regression=raw.get("regression"),
             version=int(raw.get("manifest_version", raw.get("version", MANIFEST_VERSION))),
             raw=dict(raw),
         )

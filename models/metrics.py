@@ -26,6 +26,9 @@ Signal vs background (classifiers, anomaly scores; higher score = more signal-li
 :func:`roc_auc` (Mann–Whitney, ties counted half), :func:`rejection_at_efficiency` (background
 rejection 1/ε_B at a signal efficiency, e.g. the ``rejection_at_50`` scan objective),
 :func:`efficiency_at_rejection` (signal efficiency at a background rejection 1/ε_B).
+Recoil (regression of a 2-D vector, e.g. the hadronic recoil): :func:`recoil_scores` —
+response ⟨u∥⟩/⟨pT⟩ and the resolutions σ(u∥ − pT), σ(u⊥) of a predicted vector projected on the
+true one.
 
 Resolution: :func:`resolution_summary` — mean, RMS (standard deviation, as ROOT's ``GetRMS``)
 and RMS90 (RMS of the central 90 % of events: the lowest and highest ``floor(0.05 n)`` values
@@ -56,6 +59,7 @@ __all__ = [
     "ks_samples",
     "ratio_with_errors",
     "rejection_at_efficiency",
+    "recoil_scores",
     "resolution_summary",
     "roc_auc",
     "rms90",
@@ -405,3 +409,41 @@ def efficiency_at_rejection(scores: ArrayLike, labels: ArrayLike, rejection: flo
         return math.nan
     cut = np.quantile(bkg, 1.0 - 1.0 / rejection)
     return float(np.mean(sig > cut))
+
+
+def recoil_scores(predicted: ArrayLike, truth: ArrayLike) -> dict[str, float]:
+    """Response and resolution of predicted 2-D vectors (n, 2) against the true ones (n, 2).
+
+    Each prediction is projected on its true vector's direction: ``u_par`` along it,
+    ``u_perp`` across it (events with a zero true vector are skipped), ``pt`` = |truth|. For the
+    hadronic recoil (truth = −boson pT) a perfect measurement has ``u_par = pt``, ``u_perp = 0``.
+
+    ``response`` = ⟨u_par⟩ / ⟨pt⟩ (ratio of means: ⟨u_par/pt⟩ diverges as pt → 0),
+    ``response_bias`` = |response − 1|, ``resolution_par`` = std(u_par − pt),
+    ``resolution_perp`` = std(u_perp), and ``resolution_{par,perp}_corr`` = those divided by the
+    response (the convention of the ATLAS/CMS recoil papers, which compares resolutions of
+    methods with different responses: scaling a vector by 0.5 halves its σ but not its
+    information). NaN for fewer than two usable events.
+    """
+    p = np.asarray(predicted, dtype=np.float64).reshape(-1, 2)
+    t = np.asarray(truth, dtype=np.float64).reshape(-1, 2)
+    pt = np.hypot(t[:, 0], t[:, 1])
+    ok = pt > 0
+    p, t, pt = p[ok], t[ok], pt[ok]
+    names = ("response", "response_bias", "resolution_par", "resolution_perp")
+    if len(pt) < 2:
+        return {k: math.nan for k in (*names, "resolution_par_corr", "resolution_perp_corr")}
+    ux, uy = t[:, 0] / pt, t[:, 1] / pt
+    u_par = p[:, 0] * ux + p[:, 1] * uy
+    u_perp = p[:, 1] * ux - p[:, 0] * uy
+    response = float(u_par.mean() / pt.mean())
+    s_par, s_perp = float(np.std(u_par - pt)), float(np.std(u_perp))
+    r = response if response > 0 else math.nan
+    return {
+        "response": response,
+        "response_bias": abs(response - 1.0),
+        "resolution_par": s_par,
+        "resolution_perp": s_perp,
+        "resolution_par_corr": s_par / r,
+        "resolution_perp_corr": s_perp / r,
+    }

@@ -34,7 +34,16 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from models import flow, gan, param_classifier, resolution, unfold_bins, unfold_migration, vae
+from models import (
+    flow,
+    gan,
+    param_classifier,
+    regression,
+    resolution,
+    unfold_bins,
+    unfold_migration,
+    vae,
+)
 from models.base import Family
 from models.contract import validate_family
 from models.errors import ConfigError
@@ -57,6 +66,7 @@ REGISTRY: dict[str, Family] = {
     "flow": flow.FAMILY,
     "param_classifier": param_classifier.FAMILY,
     "vae": vae.FAMILY,
+    "regression": regression.FAMILY,
 }
 
 

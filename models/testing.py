@@ -100,7 +100,8 @@ def _fail(family: Family, what: str) -> ContractViolation:
 def tiny_manifest(n_bins: int = 6, n_res: int = 8) -> Manifest:
     """A small manifest with every section the built-in families read: three features, an
     ``unfold`` binning of ``n_bins`` bins, a ``resolution`` section (pt, eta, phi with ``n_res``
-    classes) and a ``generative`` section (two condition and two target columns)."""
+    classes), a ``generative`` section (two condition and two target columns) and a
+    ``regression`` section (two target columns)."""
     edges = [float(v) for v in np.linspace(65.0, 115.0, n_bins + 1)]
 
     def res_edges(half: float) -> list[float]:
@@ -123,6 +124,7 @@ def tiny_manifest(n_bins: int = 6, n_res: int = 8) -> Manifest:
                 "condition": ["truth_pt", "truth_eta"],
                 "target": ["reco_pt", "reco_eta"],
             },
+            "regression": {"target": ["truth_upar", "truth_uperp"]},
         }
     )
 

@@ -39,6 +39,7 @@ RAW: dict[str, Any] = {
     },
     "generative": {"condition": ["truth_pt", "truth_eta"], "target": ["reco_pt", "reco_eta"]},
     "classify": {"label": "truth_label", "mass": "truth_mass"},
+    "regression": {"target": ["truth_upar", "truth_uperp"]},
 }
 MANIFEST = Manifest.from_dict(RAW)
 BATCH = 32
@@ -75,6 +76,7 @@ EXPECTED_SHAPE: dict[str, Callable[[int], tuple[int, ...]]] = {
     "flow": lambda n: (n,),
     "param_classifier": lambda n: (n,),  # the logit
     "vae": lambda n: (n,),  # the anomaly score
+    "regression": lambda n: (n, 2),
 }
 
 
@@ -83,13 +85,15 @@ def test_registry_names() -> None:
         "flow",
         "gan",
         "param_classifier",
+        "regression",
         "resolution",
         "unfold_bins",
         "unfold_migration",
         "vae",
     ]
     with pytest.raises(
-        UnknownFamilyError, match="valid families: flow, gan, param_classifier, resolution"
+        UnknownFamilyError,
+        match="valid families: flow, gan, param_classifier, regression, resolution",
     ):
         get_family("bdt")
     assert issubclass(UnknownFamilyError, ValueError)
@@ -115,7 +119,7 @@ def test_output_shapes(name: str) -> None:
     assert isinstance(model, HepModel)
     assert isinstance(model, Calibratable) == (name == "unfold_bins")
     assert isinstance(model, Standardisable) == (
-        name in ("resolution", "gan", "flow", "param_classifier")
+        name in ("resolution", "gan", "flow", "param_classifier", "regression")
     )
 
 
@@ -255,6 +259,7 @@ def test_unfold_migration_cut_vs_clip_targets() -> None:
         ("flow", "generative"),
         ("param_classifier", "classify"),
         ("vae", "classify"),
+        ("regression", "regression"),
     ],
 )
 def test_data_spec_names_missing_manifest_key(name: str, missing: str) -> None:

@@ -202,6 +202,7 @@ def build_manifest(
         "resolution": None,
         "generative": None,
         "classify": None,
+        "regression": None,
         "plots": [],
     }
     if cfg.unfold is not None:
@@ -242,4 +243,6 @@ def build_manifest(
         manifest["generative"] = cfg.generative.model_dump()
     if cfg.classify is not None:
         manifest["classify"] = cfg.classify.model_dump()
+    if cfg.regression is not None:
+        manifest["regression"] = cfg.regression.model_dump()
     return manifest

@@ -16,8 +16,8 @@ Example (all keys; the defaults are shown where a key may be left out)::
     event_id: event_id               # branch, [branch_a, branch_b] (a<<32 | b) or null (file+entry)
     weight: null                     # branch holding a per-event weight, else weight 1
     selection: {kind: zll_pair, z_mass: 91.1876, window: 0.25, iso_max: 0.1, lep_pt_min: 0.0}
-    # other kinds: jets, dijet, ttbar, hzz_muon_match, zmumu_reco, nanoaod_dilepton (NanoAOD layout,
-    # see jobs/preprocess/nanoaod.py) or an import string "package.module:function" (your own
+    # other kinds: jets, dijet, ttbar, hzz_muon_match, zmumu_reco, recoil, nanoaod_dilepton
+    # (NanoAOD layout, see jobs/preprocess/nanoaod.py) or an import string "package.module:function" (your own
     # selection, see jobs/preprocess/user.py):
     #   selection: {kind: "mysel:select_events", branches: [Muon_pt, ...], options: {pt_min: 20}}
     features: [reco_mass, reco_l1_pt, reco_l2_pt, reco_l1_iso, reco_l2_iso]
@@ -35,6 +35,7 @@ Example (all keys; the defaults are shown where a key may be left out)::
     generative: {condition: [truth_mass], target: [reco_mass]}
     classify: {label: truth_label, mass: truth_mass}   # optional: signal/background label
                                      # (0/1) and the signal-mass parameter (or null)
+    regression: {target: [truth_upar, truth_uperp]}   # regression family: x = features
     split: {train: 0.8, validation: 0.1, test: 0.1}
     nan_policy: error                # or drop (dropped events are counted in the manifest)
     step_size: 100 MB                # Dask partition size: bytes or "N MB"/"N GB" (uproot syntax)
@@ -156,6 +157,13 @@ class ClassifyConfig(_Strict):
     mass: str | None = None
 
 
+class RegressionConfig(_Strict):
+    """Continuous targets of a regression family, written unstandardised to the shards; the
+    network's inputs are the ``features`` (``feat_*``)."""
+
+    target: list[str] = Field(min_length=1)
+
+
 class SplitConfig(_Strict):
     train: float = Field(default=0.8, gt=0.0)
     validation: float = Field(default=0.1, ge=0.0)
@@ -193,6 +201,12 @@ class TtbarSelection(_Strict):
     """Every event of the ``ttbar`` sample (Z′ → tt̄ signal and SM tt̄ background)."""
 
     kind: Literal["ttbar"]
+
+
+class RecoilSelection(_Strict):
+    """One row per ``recoil`` event, vectors in the raw-recoil frame (jobs/preprocess/recoil.py)."""
+
+    kind: Literal["recoil"]
 
 
 class HzzMuonMatchSelection(_Strict):
@@ -274,6 +288,7 @@ BUILTIN_KINDS = (
     "hzz_muon_match",
     "zmumu_reco",
     "nanoaod_dilepton",
+    "recoil",
 )
 
 
@@ -292,6 +307,7 @@ Selection = Annotated[
     | Annotated[HzzMuonMatchSelection, Tag("hzz_muon_match")]
     | Annotated[ZmumuRecoSelection, Tag("zmumu_reco")]
     | Annotated[NanoaodDileptonSelection, Tag("nanoaod_dilepton")]
+    | Annotated[RecoilSelection, Tag("recoil")]
     | Annotated[UserSelection, Tag("import")],
     Discriminator(
         _selection_tag,
@@ -319,6 +335,7 @@ class PreprocessConfig(_Strict):
     resolution: ResolutionConfig | None = None
     generative: GenerativeConfig | None = None
     classify: ClassifyConfig | None = None
+    regression: RegressionConfig | None = None
     split: SplitConfig = Field(default_factory=SplitConfig)
     nan_policy: Literal["error", "drop"] = "error"
     step_size: int | str = "100 MB"

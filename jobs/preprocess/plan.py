@@ -116,6 +116,10 @@ def _check_columns(
         need("classify.label", cfg.classify.label)
         need("classify.mass", cfg.classify.mass)
         written += [c for c in (cfg.classify.label, cfg.classify.mass) if c]
+    if cfg.regression is not None:
+        for i, c in enumerate(cfg.regression.target):
+            need(f"regression.target[{i}]", c)
+        written += cfg.regression.target
     written_t = tuple(dict.fromkeys(c for c in written if c != "reco_ok"))
     used = [*cfg.features, *written_t]
     if has_ok:

@@ -12,6 +12,7 @@ Selections work on plain numpy: flat branches as arrays, jagged ones as :class:`
 few-objects-per-event cases and keeps the pipeline close to the raw read speed.
 
 Kinds: ``zll_pair``, ``jets``, ``dijet``, ``ttbar``, ``hzz_muon_match``, ``zmumu_reco`` (here; the
+``recoil`` kind lives in :mod:`jobs.preprocess.recoil`;
 ``hepscan simulate`` schemas and the scikit-hep-testdata files), ``nanoaod_dilepton``
 (:mod:`jobs.preprocess.nanoaod`). Import-string selections (:mod:`jobs.preprocess.user`) get
 awkward arrays instead and do not pass through :func:`select`.
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from jobs.preprocess import nanoaod, user
+from jobs.preprocess import nanoaod, recoil, user
 from jobs.preprocess.common import (
     ELECTRON_MASS,
     MUON_MASS,
@@ -148,6 +149,7 @@ KINDS: dict[str, KindSpec] = {
             *(f"reco_l{i}_{v}" for i in (1, 2) for v in ("pt", "eta", "phi", "charge")),
         ),
     ),
+    "recoil": recoil.SPEC,
 }
 
 
@@ -175,6 +177,7 @@ def select(
         "hzz_muon_match": _hzz_muon_match,
         "zmumu_reco": _zmumu_reco,
         "nanoaod_dilepton": nanoaod.nanoaod_dilepton,
+        "recoil": recoil.recoil,
     }[sel.kind]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         cols, rows = fn(sel, arrays, n, columns)

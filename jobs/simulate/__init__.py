@@ -1,4 +1,4 @@
-"""Simulated samples (``zll``, ``jets``, ``dijet``) written as ROOT files (TTree ``events``).
+"""Simulated samples (``zll``, ``jets``, ``dijet``, ``ttbar``, ``recoil``) written as ROOT files (TTree ``events``).
 
 Launch::
 
@@ -6,6 +6,7 @@ Launch::
     hepscan simulate jets --events 1000000 --files 2 --seed 1 --out data/jets
     hepscan simulate dijet --events 1000000 --files 2 --seed 1 --out data/dijet \
         --smearing 0.10 --mass-min 1TeV --mass-max 4TeV
+    hepscan simulate recoil --events 300000 --files 2 --seed 1 --out data/recoil
 
 or from Python::
 
@@ -41,7 +42,13 @@ Branches (floats are float32, integers int32 unless stated):
     mass list for background), ``truth_mtt``, ``reco_mtt``, ``reco_top{1,2}_{pt,eta}``,
     ``reco_abs_dy``, ``reco_btag{1,2}``, ``reco_njets``.
 
-Modules: ``common`` (constants, shared samplers), ``zll``, ``jets``, ``dijet``, ``ttbar`` (one per sample's
+``recoil`` (Z -> ll + hadronic recoil, particle-flow-like detector with pile-up, GeV):
+    ``event_id``, ``truth_{pt,phi}`` (boson), ``truth_u{x,y}`` (true recoil), ``reco_ll_{pt,phi}``,
+    ``mu``, ``npv``, ``{pf,ch,neu}_u{x,y}``, ``sumet_{pf,ch,neu}``, ``njets``, ``j{1,2}_{pt,phi}``,
+    ``n_ch``, ``n_neu`` (see :mod:`jobs.simulate.recoil`).
+
+Modules: ``common`` (constants, shared samplers), ``zll``, ``jets``, ``dijet``, ``ttbar``,
+``recoil`` (one per sample's
 physics), ``samples`` (registry and options), ``write`` (ROOT files with Dask; ``simulate``),
 ``cli`` (``hepscan simulate``).
 """
@@ -61,6 +68,7 @@ from jobs.simulate.common import (
 )
 from jobs.simulate.dijet import DijetConfig, dijet_pdf
 from jobs.simulate.jets import JetsConfig
+from jobs.simulate.recoil import RecoilConfig
 from jobs.simulate.samples import SAMPLES, SampleConfig, sample_config
 from jobs.simulate.ttbar import TTBAR_MASSES, TtbarConfig
 from jobs.simulate.write import simulate
@@ -79,6 +87,7 @@ __all__ = [
     "M_Z",
     "RNG_BLOCK",
     "SAMPLES",
+    "RecoilConfig",
     "SQRT_S",
     "SampleConfig",
     "TREE_NAME",

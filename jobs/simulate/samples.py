@@ -10,16 +10,17 @@ import numpy as np
 from jobs.simulate.common import M_MUON, SQRT_S, ArrayDict
 from jobs.simulate.dijet import DijetConfig, _gen_dijet
 from jobs.simulate.jets import JetsConfig, _gen_jets
+from jobs.simulate.recoil import RecoilConfig, _gen_recoil
 from jobs.simulate.ttbar import TtbarConfig, _gen_ttbar, check_masses
 from jobs.simulate.zll import ZllConfig, _gen_zll
 from models.errors import ConfigError
 
 __all__ = ["SAMPLES", "SampleConfig", "sample_config"]
 
-SAMPLES: tuple[str, ...] = ("zll", "jets", "dijet", "ttbar")
+SAMPLES: tuple[str, ...] = ("zll", "jets", "dijet", "ttbar", "recoil")
 
 
-SampleConfig = ZllConfig | JetsConfig | DijetConfig | TtbarConfig
+SampleConfig = ZllConfig | JetsConfig | DijetConfig | TtbarConfig | RecoilConfig
 
 
 def sample_config(
@@ -49,7 +50,7 @@ def sample_config(
         if not (0.0 < smearing < 1.0):
             raise ConfigError(f"option 'smearing' must lie in (0, 1), got {smearing}")
     if mass_range is not None:
-        if sample == "jets":
+        if sample in ("jets", "recoil"):
             raise ConfigError("option 'mass_range' applies to samples 'zll' and 'dijet' only")
         lo, hi = (float(v) for v in mass_range)
         lower_limit = 2 * M_MUON if sample == "zll" else 0.0
@@ -63,6 +64,8 @@ def sample_config(
         return ZllConfig() if mass_range is None else ZllConfig(mass_range=mass_range)
     if sample == "jets":
         return JetsConfig()
+    if sample == "recoil":
+        return RecoilConfig()
     kwargs: dict[str, Any] = {}
     if smearing is not None:
         kwargs["smearing"] = float(smearing)
@@ -76,4 +79,5 @@ _GENERATORS: dict[str, Callable[[np.random.Generator, int, Any], ArrayDict]] = {
     "jets": _gen_jets,
     "dijet": _gen_dijet,
     "ttbar": _gen_ttbar,
+    "recoil": _gen_recoil,
 }
