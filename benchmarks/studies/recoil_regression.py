@@ -196,7 +196,7 @@ def scan_best(data: Path, cache: Path, trials: int, epochs: int) -> tuple[Any, d
             [str(r["trial_id"])]
             + [r.get(f"config/{p}", r.get(p, "")) for p in params]
             + [float(r.get("best_resolution_perp_corr", np.nan))]
-            + [str(r.get("status", ""))]
+            + [r.get("epochs", ""), str(r.get("status", ""))]
         )
     info = {
         "how": f"best of a {trials}-trial scan (configs/regression_recoil.yaml, ≤{epochs} epochs)",
@@ -353,7 +353,13 @@ def run(
             tables.append(
                 common.Table(
                     "Scan trials (best first; objective σ⊥/R on the validation split)",
-                    ["trial", *info["param_names"], "best resolution_perp_corr", "status"],
+                    [
+                        "trial",
+                        *info["param_names"],
+                        "best resolution_perp_corr",
+                        "epochs",
+                        "status",
+                    ],
                     info["trials"],
                 )
             )
