@@ -22,7 +22,7 @@ and their response-corrected forms σ/R, integrated and in bins of boson pT and 
 
 Launch::
 
-    python -m benchmarks.studies.recoil_regression                  # full: 400k events, scan
+    python -m benchmarks.studies.recoil_regression                  # full: 300k events, scan
     python -m benchmarks.studies.recoil_regression --fast --out /tmp/s7
 
 Outputs in --out (default studies-output/recoil_regression): ``table.md``, ``table_*.csv``
@@ -292,9 +292,9 @@ def run(
     paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
     if str(REPO) not in paths:  # Ray workers import this repository
         os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *[p for p in paths if p]])
-    events = events or (40_000 if fast else 400_000)
+    events = events or (40_000 if fast else 300_000)
     trials = trials or 10
-    epochs = epochs or (10 if fast else 12)
+    epochs = epochs or 10
     cache = cache_dir or (out.parent / ".cache")
     cache.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
