@@ -87,6 +87,8 @@ def load_split(data: Path, split: str) -> dict[str, np.ndarray]:
         i = m.features.index(name)
         return np.asarray(cols[f"feat_{name}"], np.float64) * float(std[i]) + float(mean[i])
 
+    if m.regression is None:
+        raise ValueError(f"{data}: the dataset has no 'regression' targets")
     target = np.stack([cols[c] for c in m.regression["target"]], axis=1).astype(np.float64)
     return {"x": x, "target": target, "reco_u": raw("reco_u"), "npv": np.rint(raw("reco_npv"))}
 
