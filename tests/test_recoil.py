@@ -1,5 +1,5 @@
 """The hadronic-recoil regression (issue 13, item 3): the ``recoil`` sample, its preprocessing
-(``kind: recoil``, ``regression`` targets), the scan config, the recoil metrics and study 7's
+(``kind: recoil``, ``regression`` targets), the scan config, the recoil metrics and study 9's
 fast mode on a real simulated sample.
 
 Run: ``python -m pytest -q tests/test_recoil.py``
@@ -104,7 +104,7 @@ def test_recoil_regression_fast(tmp_path: Path) -> None:
         assert r_reg["resolution_perp"] < r_raw["resolution_perp"]
     assert _pooled(res["vs_pt"]["regression"], "n") == _pooled(raw_pt, "n")
     md = (out / "table.md").read_text()
-    assert md.startswith("# Study 7") and "| regression |" in md
+    assert md.startswith("# Study 9") and "| regression |" in md
     assert (out / "recoil_vs_pt.png").stat().st_size > 10_000
     assert (out / "recoil_vs_pileup.png").stat().st_size > 10_000
     rows = common.read_csv(out / "table_0.csv")

@@ -1,4 +1,4 @@
-"""Study 7 — regression of the hadronic recoil (``../shared/papers/004``: a DNN regressing the
+"""Study 9 — regression of the hadronic recoil (``../shared/papers/004``: a DNN regressing the
 two components of the true recoil vector from event-level inputs).
 
 Sample: ``hepscan simulate recoil`` (Z -> ll + hadronic recoil, particle-flow-like detector with
@@ -367,7 +367,7 @@ def run(
             )
         elapsed = time.perf_counter() - start
         header = (
-            f"# Study 7 — hadronic-recoil regression ({'fast' if fast else 'full'} mode)\n\n"
+            f"# Study 9 — hadronic-recoil regression ({'fast' if fast else 'full'} mode)\n\n"
             f"{events} simulated `recoil` events (seed {seed}); train {len(train['x'])}, "
             f"test {len(pt)} rows. Regression: {info['how']}; {info['config']}. "
             f"Linear calibration: {CAL_U_BINS} |U| quantile bins × {len(CAL_NPV_EDGES) - 1} "
