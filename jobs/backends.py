@@ -37,10 +37,23 @@ Rendezvous
 * DDP: ``torch.distributed.init_process_group(init_method="env://")`` from ``MASTER_ADDR``,
   ``MASTER_PORT``, ``RANK``, ``WORLD_SIZE`` (``LOCAL_RANK`` picks the GPU), unless a process
   group already exists. gloo on CPU, nccl when training on CUDA.
+
+Collective timeout
+------------------
+A rank that dies (killed, its node lost) would leave the others blocked in their next
+collective. Every collective therefore gives up after ``HEPSCAN_COLLECTIVE_TIMEOUT_S`` seconds
+(:func:`collective_timeout`, default :data:`DEFAULT_COLLECTIVE_TIMEOUT_S` = 300; a scan sets it
+from ``resources.collective_timeout_s``): DDP passes it to ``init_process_group(timeout=)``
+(gloo and nccl honour it), Horovod reads ``HOROVOD_GLOO_TIMEOUT_SECONDS``, which
+:func:`collective_timeout_env` sets to the same value. The value must exceed the longest
+stretch one rank computes alone between two collectives (rank 0's evaluation of a family
+without streamed evaluation, checkpoint writing).
 """
 
 from __future__ import annotations
 
+import datetime
+import math
 import os
 import pickle
 from collections.abc import Mapping
@@ -52,6 +65,26 @@ from torch import Tensor, nn
 from models.errors import ConfigError, require
 
 BACKENDS = ("single", "horovod", "ddp")
+TIMEOUT_ENV = "HEPSCAN_COLLECTIVE_TIMEOUT_S"
+DEFAULT_COLLECTIVE_TIMEOUT_S = 300.0
+
+
+def collective_timeout() -> float:
+    """Seconds a collective waits for the other ranks (``HEPSCAN_COLLECTIVE_TIMEOUT_S``)."""
+    raw = os.environ.get(TIMEOUT_ENV, "")
+    try:
+        value = float(raw) if raw else DEFAULT_COLLECTIVE_TIMEOUT_S
+    except ValueError:
+        raise ConfigError(f"{TIMEOUT_ENV}={raw!r}: expected a number of seconds") from None
+    if not value > 0:
+        raise ConfigError(f"{TIMEOUT_ENV}={raw!r}: must be > 0")
+    return value
+
+
+def collective_timeout_env(seconds: float) -> dict[str, str]:
+    """The environment that gives every rank's collectives a ``seconds`` timeout."""
+    whole = str(max(1, math.ceil(seconds)))
+    return {TIMEOUT_ENV: repr(float(seconds)), "HOROVOD_GLOO_TIMEOUT_SECONDS": whole}
 
 
 class Comm:
@@ -127,6 +160,9 @@ class HorovodComm(Comm):
         super().init(device)  # the rank's own GPU (jobs.placement), before NCCL starts
         hvd = self.hvd
         if not hvd.is_initialized():
+            os.environ.setdefault(
+                "HOROVOD_GLOO_TIMEOUT_SECONDS", str(max(1, math.ceil(collective_timeout())))
+            )
             hvd.init()
         self.rank, self.size, self.local_rank = hvd.rank(), hvd.size(), hvd.local_rank()
 
@@ -221,7 +257,10 @@ class DdpComm(Comm):
             rank = self._want_rank if self._want_rank is not None else int(os.environ["RANK"])
             size = self._want_size if self._want_size is not None else int(os.environ["WORLD_SIZE"])
             backend = "nccl" if device_type == "cuda" else "gloo"
-            dist.init_process_group(backend, init_method="env://", rank=rank, world_size=size)
+            timeout = datetime.timedelta(seconds=collective_timeout())
+            dist.init_process_group(
+                backend, init_method="env://", rank=rank, world_size=size, timeout=timeout
+            )
             self._owns_group = True
         self.rank, self.size = dist.get_rank(), dist.get_world_size()
         self.local_rank = int(os.environ.get("LOCAL_RANK", self.rank))

@@ -17,7 +17,8 @@
     scheduler: {type: asha, grace_period: 1, reduction_factor: 3}   # or: none
     num_trials: 12
     concurrency: 2
-    resources: {workers: 2, cpus_per_worker: 1, gpus_per_worker: 0}
+    resources: {workers: 2, cpus_per_worker: 1, gpus_per_worker: 0, collective_timeout_s: 300}
+    max_failures: 2                   # retries of a failed trial, from its last checkpoint
     backend: horovod                  # single | horovod | ddp
     max_epochs: 10
 
@@ -87,6 +88,9 @@ class Resources(StrictModel):
     workers: Annotated[int, Field(ge=1)] = 1
     cpus_per_worker: Annotated[float, Field(gt=0)] = 1.0
     gpus_per_worker: Annotated[float, Field(ge=0)] = 0.0
+    # Seconds a rank waits in a collective for the others (a dead rank on a lost node sends no
+    # error): jobs.backends.collective_timeout. Longer than any stretch one rank works alone.
+    collective_timeout_s: Annotated[float, Field(gt=0)] = 300.0
 
     @model_validator(mode="after")
     def _whole_gpus(self) -> Resources:
@@ -125,7 +129,9 @@ class ScanConfig(StrictModel):
     max_epochs: Annotated[int, Field(ge=1)] = 20
     time_budget_s: Annotated[float, Field(gt=0)] | None = None
     seed: int = 0
-    max_failures: Annotated[int, Field(ge=0)] = 0
+    # Tune retries a failed trial (a rank or node lost, any error) this many times, each from
+    # its last checkpoint (docs/slurm.md, "Faults").
+    max_failures: Annotated[int, Field(ge=0)] = 2
     scan_dir: str | None = None
     tracking_uri: str | None = None
     experiment: str = "hepscan"

@@ -73,6 +73,7 @@ def _static(cfg: ScanConfig) -> dict[str, Any]:
         "workers": cfg.resources.workers,
         "cpus_per_worker": cfg.resources.cpus_per_worker,
         "gpus_per_worker": cfg.resources.gpus_per_worker,
+        "collective_timeout_s": cfg.resources.collective_timeout_s,
         "backend": cfg.backend,
         "max_epochs": cfg.max_epochs,
         "seed": cfg.seed,

@@ -68,13 +68,20 @@ class ScanResult:
         df = self.ranked()
         if df.empty:
             return "(no trials)"
-        cols = ["trial_id", "status", "epochs", "time_total_s"]
+        cols = ["trial_id", "status", "retries", "epochs", "time_total_s"]
         cols += [f"best_{m}" for m, _ in self.objectives]
         cols += [p for p in self.param_names if p in df.columns]
         view = df[[c for c in cols if c in df.columns]].head(max_rows).copy()
         view.insert(0, "rank", range(1, len(view) + 1))
         with _pandas_display():
             return str(view.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+
+    def retried(self) -> dict[str, int]:
+        """Trials Tune restarted after a failure (a rank or node lost): trial id -> retries."""
+        if self.trials.empty or "retries" not in self.trials:
+            return {}
+        df = self.trials[self.trials["retries"] > 0]
+        return {str(t): int(n) for t, n in zip(df["trial_id"], df["retries"], strict=True)}
 
     def summary(self) -> dict[str, Any]:
         counts = self.trials["status"].value_counts().to_dict() if not self.trials.empty else {}
@@ -84,6 +91,7 @@ class ScanResult:
             "best_config": json.dumps(self.best_config, default=str, sort_keys=True),
         }
         out.update({f"trials_{k.lower()}": int(v) for k, v in counts.items()})
+        out["trial_retries"] = sum(self.retried().values())
         out.update({f"best_{k}": v for k, v in self.best_metrics.items() if _finite(v)})
         return out
 
@@ -136,6 +144,8 @@ def collect_result(
         row: dict[str, Any] = {
             "trial_id": trial.trial_id,
             "status": _status(trial, cfg.max_epochs),
+            # times Tune restarted the trial from its last checkpoint (max_failures)
+            "retries": int(getattr(trial, "num_failures", 0) or 0),
             "epochs": int(last.get("training_iteration", 0) or 0),
             "time_total_s": float(last.get("time_total_s", math.nan) or math.nan),
             "run_id": mapping.get(trial.trial_id),
@@ -325,6 +335,12 @@ def build_report(scan_dir: str | Path) -> tuple[ScanResult, str, list[Path]]:
         f"{len(result.trials)} of {cfg.num_trials} trials: "
         + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
     )
+    retried = result.retried()
+    if retried:
+        lines.append(
+            "retried trials (restarted from their last checkpoint): "
+            + ", ".join(f"{t} ({n}x)" for t, n in retried.items())
+        )
     if result.best_trial_id:
         lines.append(f"best trial {result.best_trial_id}: {result.best_metrics}")
         lines.append(f"  config: {json.dumps(result.best_config, default=str)}")

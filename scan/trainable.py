@@ -21,6 +21,14 @@ fractions of one, so the trainable is reused between trials (``reuse_actors=True
 :meth:`ScanTrainable.reset_config`) and keeps its rank group alive: a new trial only builds a new
 ``TrainSession`` on the same ranks (Horovod stays initialised, the DDP process group stays up).
 
+Faults: a rank that raises or dies (its process killed, its node lost) fails the trial at once
+instead of leaving the other ranks blocked: the groups collect the ranks' futures with
+:func:`gather_ranks` (``ray.wait``, one at a time), and on the first failure kill the whole
+group (:class:`RankGroupLost` names the rank) so the trainable can be torn down and Tune can
+retry the trial from its last checkpoint (``max_failures``). Ranks whose peer vanished without
+a trace (a network partition) give up after the collective timeout
+(``resources.collective_timeout_s``, :func:`jobs.backends.collective_timeout`).
+
 Checkpoints: rank 0 writes ``last.pt``/``best.pt`` into a private directory after every epoch;
 :meth:`ScanTrainable.save_checkpoint` copies them into Tune's checkpoint so a trial resumes
 (``hepscan resume``, retries after a failure) from its last epoch on any node.
@@ -46,6 +54,33 @@ from ray import tune  # noqa: E402
 
 CKPT_FILES = ("last.pt", "best.pt")
 STATE_FILE = "trainable.json"
+
+
+class RankGroupLost(RuntimeError):
+    """A rank of a trial's group died (its process or node is gone); the group was torn down."""
+
+
+def gather_ranks(refs: list[Any], what: str) -> list[Any]:
+    """``ray.get(refs)`` of one call on every rank, failing at the first rank that fails.
+
+    A plain ``ray.get`` of the list would wait on rank 0 first, which may be blocked in a
+    collective with a dead rank until the collective timeout. Raises :class:`RankGroupLost`
+    for a dead rank and the rank's own exception otherwise."""
+    import ray
+    from ray.exceptions import RayActorError, WorkerCrashedError
+
+    index = {ref: i for i, ref in enumerate(refs)}
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        try:
+            ray.get(done[0])
+        except (RayActorError, WorkerCrashedError) as exc:
+            raise RankGroupLost(
+                f"rank {index[done[0]]} of {len(refs)} died during {what}: "
+                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            ) from exc
+    return list(ray.get(list(refs)))
 
 
 def trial_resources(workers: int, cpus_per_worker: float, gpus_per_worker: float) -> Any:
@@ -212,7 +247,9 @@ class _LocalGroup:
 
 
 class _HorovodGroup:
-    def __init__(self, workers: int, cpus: float, gpus: float) -> None:
+    def __init__(self, workers: int, cpus: float, gpus: float, timeout_s: float) -> None:
+        from jobs.backends import collective_timeout_env
+
         RayExecutor = require("horovod.ray").RayExecutor
 
         settings = RayExecutor.create_settings(timeout_s=60)
@@ -226,18 +263,40 @@ class _HorovodGroup:
             gpus_per_worker=int(gpus) if gpus > 0 else None,
             use_current_placement_group=True,
         )
-        self.executor.start(executable_cls=RankWorker)
+        self.executor.start(
+            executable_cls=RankWorker, extra_env_vars=collective_timeout_env(timeout_s)
+        )
         if gpus:
-            self.executor.execute(lambda w: w.place_gpu())
+            self._all(lambda w: w.place_gpu(), "GPU placement")
+
+    def _all(self, fn: Any, what: str) -> list[Any]:
+        workers = self.executor.adapter.workers
+        try:
+            return gather_ranks([w.execute.remote(fn) for w in workers], what)
+        except BaseException:
+            self.kill()
+            raise
 
     def start(self, config: dict[str, Any], files: dict[str, bytes] | None) -> None:
-        self.executor.execute(lambda w: w.start(config, files))
+        self._all(lambda w: w.start(config, files), "set-up")
 
     def run_epoch(self) -> tuple[dict[str, float], bool]:
-        return self.executor.execute(lambda w: w.run_epoch())[0]
+        result: tuple[dict[str, float], bool] = self._all(lambda w: w.run_epoch(), "an epoch")[0]
+        return result
 
     def checkpoint_files(self) -> dict[str, bytes]:
         return self.executor.execute_single(lambda w: w.checkpoint_files())
+
+    def kill(self) -> None:
+        """Tear the group down at once (a rank failed: the others may be stuck in a collective)."""
+        import ray
+
+        adapter = getattr(self.executor, "adapter", None)
+        for w in getattr(adapter, "workers", None) or []:
+            with contextlib.suppress(Exception):
+                ray.kill(w)
+        with contextlib.suppress(Exception):
+            self.executor.shutdown()
 
     def shutdown(self) -> None:
         try:
@@ -247,10 +306,12 @@ class _HorovodGroup:
 
 
 class _DdpGroup:
-    def __init__(self, workers: int, cpus: float, gpus: float) -> None:
+    def __init__(self, workers: int, cpus: float, gpus: float, timeout_s: float) -> None:
         import ray
         from ray.util.placement_group import get_current_placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        from jobs.backends import collective_timeout_env
 
         pg = get_current_placement_group()
         strategy = (
@@ -280,21 +341,35 @@ class _DdpGroup:
                         "RANK": str(rank),
                         "WORLD_SIZE": str(workers),
                         "LOCAL_RANK": str(rank),
+                        **collective_timeout_env(timeout_s),
                     }
                 )
                 for rank, a in enumerate(self.actors)
             ]
         )
 
-    def start(self, config: dict[str, Any], files: dict[str, bytes] | None) -> None:
-        import ray
+    def _all(self, refs: list[Any], what: str) -> list[Any]:
+        try:
+            return gather_ranks(refs, what)
+        except BaseException:
+            self.kill()
+            raise
 
-        ray.get([a.start.remote(config, files) for a in self.actors])
+    def start(self, config: dict[str, Any], files: dict[str, bytes] | None) -> None:
+        self._all([a.start.remote(config, files) for a in self.actors], "set-up")
 
     def run_epoch(self) -> tuple[dict[str, float], bool]:
+        refs = [a.run_epoch.remote() for a in self.actors]
+        result: tuple[dict[str, float], bool] = self._all(refs, "an epoch")[0]
+        return result
+
+    def kill(self) -> None:
+        """Tear the group down at once (a rank failed: the others may be stuck in a collective)."""
         import ray
 
-        return ray.get([a.run_epoch.remote() for a in self.actors])[0]
+        for a in self.actors:
+            with contextlib.suppress(Exception):
+                ray.kill(a)
 
     def checkpoint_files(self) -> dict[str, bytes]:
         import ray
@@ -311,13 +386,16 @@ class _DdpGroup:
 
 
 def _make_group(static: dict[str, Any]) -> Any:
+    from jobs.backends import DEFAULT_COLLECTIVE_TIMEOUT_S
+
     workers = int(static["workers"])
     cpus, gpus = float(static["cpus_per_worker"]), float(static["gpus_per_worker"])
+    timeout = float(static.get("collective_timeout_s", DEFAULT_COLLECTIVE_TIMEOUT_S))
     if workers == 1:
         return _LocalGroup(gpus)
     if static["backend"] == "horovod":
-        return _HorovodGroup(workers, cpus, gpus)
-    return _DdpGroup(workers, cpus, gpus)
+        return _HorovodGroup(workers, cpus, gpus, timeout)
+    return _DdpGroup(workers, cpus, gpus, timeout)
 
 
 class ScanTrainable(tune.Trainable):
@@ -339,13 +417,23 @@ class ScanTrainable(tune.Trainable):
         self._best: dict[str, float] = {}
 
     def step(self) -> dict[str, Any]:
-        if self._group is None:
-            self._group = _make_group(self._static)
-        if not self._started:
-            self._group.start(self._train_cfg, self._resume)
-            self._started = True
-        t0 = time.perf_counter()
-        metrics, done = self._group.run_epoch()
+        try:
+            if self._group is None:
+                self._group = _make_group(self._static)
+            if not self._started:
+                self._group.start(self._train_cfg, self._resume)
+                self._started = True
+            t0 = time.perf_counter()
+            metrics, done = self._group.run_epoch()
+        except BaseException:
+            # A rank group killed its ranks already (gather_ranks); drop it so that cleanup()
+            # does not wait on them. Tune retries the trial from its last checkpoint
+            # (max_failures) with a new group.
+            group, self._group = self._group, None
+            if group is not None and not hasattr(group, "kill"):
+                with contextlib.suppress(Exception):
+                    group.shutdown()
+            raise
         self._train_time_total += float(metrics.get("train_time_s", time.perf_counter() - t0))
         out: dict[str, Any] = dict(metrics)
         out["train_time_total_s"] = self._train_time_total

@@ -1,0 +1,312 @@
+"""The Ray-path rank groups average gradients right: 2 ranks in a Tune trial = one process.
+
+Every registered family runs as a 2-rank trial of :class:`scan.trainable.ScanTrainable` in a real
+Ray Tune run (Horovod ranks of ``_HorovodGroup``, DDP actors of ``_DdpGroup``), and its final
+checkpoint (weights and every optimizer's state) is compared with one process trained by
+``jobs.train.train`` on the same global batches (``data_parts: 2``, see
+tests/test_train_distributed.py), within 1e-5.
+
+The real GAN draws per-rank noise (seeded by rank), so it is checked Horovod against DDP on 2
+ranks (same per-rank draws: identical weights), and its zero-noise double
+(tests/rank_families.py: same network and two optimizers) against one process.
+
+Run: ``python -m pytest -q tests/test_rank_groups.py`` (one Tune run of 12 trials, ~1-2 min on
+2 CPUs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from jobs.train_synthetic import write_unfold_dataset
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+ATOL = 1e-5
+EPOCHS = 2
+GAN_FIXED = "tests.rank_families:GAN_FIXED_NOISE"
+SMALL_GAN = {"hidden": 16, "depth": 1, "critic_hidden": 16, "critic_depth": 1, "n_critic": 2}
+# Model settings: small, and no dropout/batch norm (those legitimately differ per rank).
+FAMILIES: dict[str, dict[str, Any]] = {
+    "unfold_bins": {"alpha": 0.5, "batchnorm": False, "dropout": 0.0},
+    "unfold_migration": {"dropout": 0.0, "width_scale": 0.3},
+    "resolution": {"hidden": 16, "depth": 2},
+    "flow": {"transforms": 2, "hidden_features": 16, "hidden_layers": 1},
+    "gan": SMALL_GAN,
+    GAN_FIXED: SMALL_GAN,
+}
+BACKENDS = ("horovod", "ddp")
+RES_EDGES = [-0.1, -0.03, 0.0, 0.03, 0.1]
+
+
+def _add_resolution(path: Path) -> Path:
+    """Give the synthetic dataset a resolution target (``res_m``) for the resolution family."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from jobs.manifest import MANIFEST_NAME, write_manifest
+
+    manifest = json.loads((path / MANIFEST_NAME).read_text())
+    for split in manifest["splits"].values():
+        for shard in split["files"]:
+            f = path / shard["path"]
+            t = pq.read_table(f)
+            d = t["reco_m"].to_numpy() / t["truth_m"].to_numpy() - 1.0
+            cls = np.clip(np.searchsorted(RES_EDGES, d, side="right") - 1, 0, len(RES_EDGES) - 2)
+            pq.write_table(t.append_column("res_m", pa.array(cls.astype(np.int32))), f)
+    manifest["columns"]["res_m"] = "int32"
+    manifest["resolution"] = {
+        "n_classes": len(RES_EDGES) - 1,
+        "quantities": {"m": {"edges": RES_EDGES, "relative": True}},
+    }
+    write_manifest(path / MANIFEST_NAME, manifest)
+    return path
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = write_unfold_dataset(tmp_path_factory.mktemp("data") / "synth", rows=900, n_bins=6, seed=3)
+    return _add_resolution(d)
+
+
+def _static(dataset: Path, family: str, backend: str, workers: int) -> dict[str, Any]:
+    return {
+        "dataset": str(dataset),
+        "family": family,
+        "fixed": {
+            **FAMILIES[family],
+            "batch_size": 64,
+            "lr": 3e-3,
+            "patience": 0,
+            "data_parts": 2,
+        },
+        "workers": workers,
+        "cpus_per_worker": 1,
+        "gpus_per_worker": 0,
+        "backend": backend,
+        "max_epochs": EPOCHS,
+        "seed": 5,
+        "monitor": "val_loss",
+        "mode": "min",
+        "objectives": [["val_loss", "min"]],
+    }
+
+
+@pytest.fixture(scope="module")
+def ray_2cpu() -> Iterator[None]:
+    """One local 2-CPU Ray for the module (scans started by launch() join it)."""
+    import ray
+
+    from models.registry import get_family
+    from scan.driver import _init_ray
+
+    get_family(GAN_FIXED)  # puts the repository root on PYTHONPATH before the workers start
+    os.environ["HEPSCAN_RAY_CPUS"] = "2"
+    started = _init_ray(None, ROOT, verbose=0)
+    yield
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def trials(
+    ray_2cpu: None, dataset: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[tuple[str, str], Path]:
+    """One Tune run of 2-rank trials (family x backend); their final checkpoints' last.pt."""
+    from ray import tune
+
+    from scan.state import STATIC_KEY
+    from scan.trainable import ScanTrainable, trial_dirname, trial_resources
+
+    statics = [_static(dataset, f, b, 2) for f in FAMILIES for b in BACKENDS]
+    tuner = tune.Tuner(
+        tune.with_resources(ScanTrainable, trial_resources(2, 1, 0)),
+        param_space={STATIC_KEY: tune.grid_search(statics)},
+        # a new trainable (and rank group) per trial: the static settings differ
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=1,
+            reuse_actors=False,
+            trial_name_creator=trial_dirname,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            storage_path=str(tmp_path_factory.mktemp("tune")),
+            stop={"training_iteration": EPOCHS},
+            checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=True),
+            failure_config=tune.FailureConfig(fail_fast=True),
+            verbose=0,
+        ),
+    )
+    grid = tuner.fit()
+    out = {}
+    for r in grid:
+        assert r.error is None, r.error
+        static = r.config[STATIC_KEY]
+        assert r.metrics["training_iteration"] == EPOCHS
+        out[static["family"], static["backend"]] = Path(r.checkpoint.path) / "last.pt"
+    return out
+
+
+def _single(dataset: Path, family: str, tmp_path: Path, epochs: int = EPOCHS) -> Path:
+    """One process on the same global batches (the trial's own TrainConfig with 1 worker)."""
+    from jobs.train import train, train_config_from_dict
+    from scan.trainable import build_train_config
+
+    static = _static(dataset, family, "single", 1)
+    static["max_epochs"] = epochs
+    cfg = build_train_config(static, {})
+    cfg["checkpoint_dir"] = str(tmp_path)
+    train(train_config_from_dict(cfg, "test"))
+    return tmp_path / "last.pt"
+
+
+def _flat(ckpt: Path) -> dict[str, torch.Tensor]:
+    """Model weights and every optimizer's per-parameter state, by name."""
+    c = torch.load(ckpt, weights_only=True)
+    out = {f"model.{k}": v for k, v in c["model"].items() if v.is_floating_point()}
+    for i, opt in enumerate(c["optimizers"]):
+        for p, state in opt["state"].items():
+            for k, v in state.items():
+                if torch.is_tensor(v) and v.is_floating_point() and v.dim() > 0:
+                    out[f"opt{i}.{p}.{k}"] = v
+    return out
+
+
+def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "gan"])
+def test_two_ranks_in_a_trial_match_one_process(
+    trials: dict[tuple[str, str], Path], dataset: Path, tmp_path: Path, family: str, backend: str
+) -> None:
+    multi = _flat(trials[family, backend])
+    single = _flat(_single(dataset, family, tmp_path))
+    n_opt = len({k.split(".")[0] for k in single if k.startswith("opt")})
+    assert n_opt == (2 if family == GAN_FIXED else 1)  # the GAN's two optimizers are compared
+    assert _max_diff(multi, single) < ATOL
+    # the check can fail: one epoch less is far beyond the tolerance
+    assert _max_diff(_flat(_single(dataset, family, tmp_path / "one", EPOCHS - 1)), single) > 1e-3
+
+
+def test_gan_horovod_matches_ddp(trials: dict[tuple[str, str], Path]) -> None:
+    """The real GAN (per-rank noise): both backends draw the same per-rank numbers, so their
+    two optimizers' averaged gradients give the same weights."""
+    hvd, ddp = _flat(trials["gan", "horovod"]), _flat(trials["gan", "ddp"])
+    assert len({k.split(".")[0] for k in hvd if k.startswith("opt")}) == 2
+    assert _max_diff(hvd, ddp) < ATOL
+
+
+# ---------------------------------------------------------------------------- a rank dies
+
+# What a rank's process is called in `ps` (Ray's process title) for each backend.
+RANK_TITLE = {"ddp": "ray::RankWorker", "horovod": "ray::BaseHorovodWorker"}
+
+
+def _rank_pids(backend: str) -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    pids = []
+    for line in out.splitlines():
+        pid, _, args = line.strip().partition(" ")
+        if args.startswith(RANK_TITLE[backend]):
+            pids.append(int(pid))
+    return sorted(pids)
+
+
+class RankKiller(threading.Thread):
+    """SIGKILLs one rank of the first trial once that trial has checkpointed ``after`` epochs
+    (its checkpoint directory exists): the next epoch is under way, its ranks in collectives."""
+
+    def __init__(self, scan_dir: Path, backend: str, after: int) -> None:
+        super().__init__(daemon=True)
+        self.scan_dir, self.backend, self.after = scan_dir, backend, after
+        self.killed: tuple[str, int, float] | None = None  # (trial dir, pid, time)
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        name = f"checkpoint_{self.after - 1:06d}"
+        while not self.stop.is_set():
+            done = sorted(self.scan_dir.glob(f"tune/trial_*/{name}"))
+            pids = _rank_pids(self.backend)
+            if done and len(pids) == 2:
+                os.kill(pids[-1], signal.SIGKILL)
+                self.killed = (done[0].parent.name, pids[-1], time.monotonic())
+                return
+            time.sleep(0.02)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_killed_rank_fails_the_trial_which_resumes_from_its_checkpoint(
+    ray_2cpu: None, dataset: Path, tmp_path: Path, backend: str
+) -> None:
+    """SIGKILL one rank mid-trial: the trial fails at once (no hang in a collective), Tune
+    retries it from its last checkpoint (max_failures), every trial finishes, and each MLflow
+    run holds the steps 1..N exactly once."""
+    from scan import launch
+    from scan.report import build_report
+    from tracking.store import _client
+
+    epochs = 6
+    cfg = {
+        "name": "rank_kill",
+        "dataset": str(dataset),
+        "family": "unfold_bins",
+        "search_space": {"alpha": ["choice", [0.5, 1.0]]},
+        "fixed": {"batch_size": 32, "lr": 0.003, "patience": epochs + 1, "batchnorm": False},
+        "searcher": "grid",
+        "scheduler": "none",
+        "num_trials": 2,
+        "concurrency": 1,
+        "max_epochs": epochs,
+        "seed": 1,
+        "backend": backend,
+        "max_failures": 1,
+        "resources": {"workers": 2, "cpus_per_worker": 1, "collective_timeout_s": 30},
+    }
+    scan_dir = tmp_path / "scan"
+    killer = RankKiller(scan_dir, backend, after=2)
+    killer.start()
+    t0 = time.monotonic()
+    try:
+        result = launch(cfg, scan_dir=str(scan_dir), verbose=0)
+    finally:
+        killer.stop.set()
+    wall = time.monotonic() - t0
+    assert killer.killed is not None, "no rank was killed: the trial ended before its epoch 3"
+    trial_dir, pid, t_kill = killer.killed
+    killed_id = trial_dir.removeprefix("trial_")
+    # the scan went on: both trials finished, the killed one after exactly one retry
+    assert sorted(result.trials["status"]) == ["FINISHED", "FINISHED"]
+    retries = dict(zip(result.trials["trial_id"], result.trials["retries"], strict=True))
+    assert retries[killed_id] == 1 and sum(retries.values()) == 1, retries
+    assert (result.trials["epochs"] == epochs).all()
+    # ... resumed from its checkpoint: Tune's results count every epoch once
+    progress = (scan_dir / "tune" / trial_dir / "result.json").read_text().splitlines()
+    assert len(progress) == epochs, progress
+    state = json.loads((scan_dir / "tracking.json").read_text())
+    client = _client(state["tracking_uri"])
+    for tid, run_id in zip(result.trials["trial_id"], result.trials["run_id"], strict=True):
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(run_id, "val_loss")]
+        assert steps == list(range(1, epochs + 1)), (tid, steps)
+    _, text, _ = build_report(scan_dir)
+    assert f"retried trials (restarted from their last checkpoint): {killed_id} (1x)" in text
+    print(f"{backend}: rank pid {pid} killed after epoch 2 of {killed_id}; scan {wall:.1f} s")
