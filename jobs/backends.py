@@ -180,7 +180,16 @@ class HorovodComm(Comm):
         return self.hvd.broadcast_object(obj, root_rank=0, name="hepscan.object")
 
     def broadcast_model(self, model: nn.Module) -> None:
-        self.hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+        state = model.state_dict()
+        # Horovod broadcasts no bool tensors (e.g. the resolution family's mask buffers):
+        # those travel as uint8.
+        plain = {k: v for k, v in state.items() if v.dtype != torch.bool}
+        self.hvd.broadcast_parameters(plain, root_rank=0)
+        for k, v in state.items():
+            if v.dtype == torch.bool:
+                as_int = v.to(torch.uint8)
+                self.hvd.broadcast_(as_int, root_rank=0, name=f"hepscan.bool.{k}")
+                v.copy_(as_int.bool())
 
     def broadcast_optimizers(self, optimizers: list[torch.optim.Optimizer]) -> None:
         for opt in optimizers:

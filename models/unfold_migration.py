@@ -174,11 +174,18 @@ class UnfoldMigrationNet(nn.Module):
         cls = (mig.clamp(-self.m, self.m) + self.m).masked_fill(~usable, self.m)
         return cls, train, in_range
 
-    def _masked_loss(self, logits: Tensor, cls: Tensor, mask: Tensor) -> Tensor:
-        # A masked mean (not boolean indexing) so every rank always steps, even on a batch
-        # with no usable event — a skipped step would deadlock Horovod's allreduce.
+    def _masked_loss(
+        self, logits: Tensor, cls: Tensor, mask: Tensor, per_row: bool = True
+    ) -> Tensor:
+        # Masked (not boolean indexing) so every rank always steps, even on a batch with no
+        # usable event — a skipped step would deadlock Horovod's allreduce. Divided by the rows
+        # of the batch, not by the usable ones: N ranks' average of this loss is then the loss
+        # of their global batch (a per-rank count would weight ranks with few usable rows up,
+        # and 2 ranks would train other weights than one process; tests/test_rank_groups.py).
+        # ``per_row=False`` (validation, all rows at once): the mean over the usable rows.
         ce = F.cross_entropy(logits.masked_fill(~mask.unsqueeze(1), 0.0), cls, reduction="none")
-        return (ce * mask).sum() / mask.sum().clamp(min=1)
+        norm = max(len(mask), 1) if per_row else mask.sum().clamp(min=1)
+        return (ce * mask).sum() / norm
 
     @torch.no_grad()
     def predict_proba(self, x: Tensor) -> Tensor:
@@ -225,7 +232,7 @@ class UnfoldMigrationNet(nn.Module):
         reco = self._split(x)[1]
         n_used = usable.sum().clamp(min=1)
         out = {
-            "val_loss": float(self._masked_loss(logits, cls, train)),
+            "val_loss": float(self._masked_loss(logits, cls, train, per_row=False)),
             "accuracy": float(((logits.argmax(1) == cls) & in_range).sum() / n_used),
             "frac_in_range": float(in_range.sum() / n_used),
         }

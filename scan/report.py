@@ -141,11 +141,13 @@ def collect_result(
             # A resumed trial may repeat the epoch it was interrupted in: keep the last report.
             hist = hist.drop_duplicates("training_iteration", keep="last")
         last = dict(trial.last_result or {})
+        failures = int(getattr(trial, "num_failures", 0) or 0)
         row: dict[str, Any] = {
             "trial_id": trial.trial_id,
             "status": _status(trial, cfg.max_epochs),
-            # times Tune restarted the trial from its last checkpoint (max_failures)
-            "retries": int(getattr(trial, "num_failures", 0) or 0),
+            # times Tune restarted the trial from its last checkpoint (max_failures); a trial
+            # that failed for good failed once more than it was retried
+            "retries": max(0, failures - (trial.status == "ERROR")),
             "epochs": int(last.get("training_iteration", 0) or 0),
             "time_total_s": float(last.get("time_total_s", math.nan) or math.nan),
             "run_id": mapping.get(trial.trial_id),

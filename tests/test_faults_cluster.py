@@ -124,44 +124,51 @@ def test_node_lost_mid_scan_trials_resume_on_the_survivor(
         killer.stop.set()
     log = Path(result.log_path).read_text()
     assert killer.killed is not None, "no trial ran on hsnode2 past epoch 2:\n" + log[-4000:]
+    lost = killer.killed["trial"].removeprefix("trial_")
+    facts = _facts(scan_dir, lost, killer.killed["t"])
+    print(f"node loss: job {st.state} {st.exit_code}, scan {time.time() - t0:.0f} s, {facts}")
     assert killer.killed["pids"] > 0
     assert (st.state, st.exit_code) == ("COMPLETED", "0:0"), log[-6000:]
 
-    # exactly N trials, all finished; the lost one retried (from its checkpoint: see steps)
-    lost = killer.killed["trial"].removeprefix("trial_")
+    # exactly N trials, all finished (none RUNNING); the lost one retried from its checkpoint
+    # (every epoch logged once) and finished on the survivor
     parent, children = _runs(scan_dir)
     assert parent.info.status == "FINISHED"
     assert len(children) == n_trials
-    assert {c.info.status for c in children} == {"FINISHED"}  # none RUNNING
-    from tracking.store import _client
-
-    client = _client(f"sqlite:///{scan_dir / 'mlflow.db'}")
-    hosts = {}
-    for c in children:
-        steps = [m.step for m in client.get_metric_history(c.info.run_id, "val_loss")]
-        assert steps == list(range(1, EPOCHS + 1)), (c.data.tags.get("trial_id"), steps)
-        hosts[c.data.tags.get("trial_id")] = c.data.tags.get("hepscan.host")
-    # after the loss everything ran on the survivor, the retried trial included
-    assert hosts[lost] == "hsnode1"
+    assert {c.info.status for c in children} == {"FINISHED"}
+    for tid, steps in facts["steps"].items():
+        assert steps == list(range(1, EPOCHS + 1)), (tid, steps)
+    assert facts["hosts"][lost] == "hsnode1"
     report = subprocess.run(
         [sys.executable, "-m", "scan.cli", "report", str(scan_dir)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
     assert report.returncode == 0, report.stderr
-    assert "retried trials (restarted from their last checkpoint): " in report.stdout
-    assert f"{lost} (1x)" in report.stdout
-    # recovery: the lost trial's first epoch after the kill
-    rows = [
-        json.loads(x)
-        for x in (scan_dir / "tune" / f"trial_{lost}" / "result.json").read_text().splitlines()
-    ]
-    iters = [r["training_iteration"] for r in rows]
-    after = [r for r in rows if r["timestamp"] >= killer.killed["t"]]
-    print(
-        f"node loss: trial {lost} killed at epoch >= 2; iterations logged by Tune {iters}; "
-        f"first epoch after the kill: {after[0]['training_iteration'] if after else None}, "
-        f"{(after[0]['timestamp'] - killer.killed['t']) if after else float('nan'):.0f} s later; "
-        f"scan {time.time() - t0:.0f} s"
-    )
+    assert f"retried trials (restarted from their last checkpoint): {lost} (1x)" in report.stdout
+
+
+def _facts(scan_dir: Path, lost: str, t_kill: float) -> dict[str, Any]:
+    """What happened: MLflow steps, statuses and hosts per trial; Tune's iterations of the
+    lost trial and how long after the kill it reported again."""
+    from tracking.store import _client
+
+    _, children = _runs(scan_dir)
+    client = _client(f"sqlite:///{scan_dir / 'mlflow.db'}")
+    steps, hosts, status = {}, {}, {}
+    for c in children:
+        tid = c.data.tags.get("trial_id")
+        steps[tid] = [m.step for m in client.get_metric_history(c.info.run_id, "val_loss")]
+        hosts[tid], status[tid] = c.data.tags.get("hepscan.host"), c.info.status
+    res = scan_dir / "tune" / f"trial_{lost}" / "result.json"
+    rows = [json.loads(x) for x in res.read_text().splitlines()] if res.exists() else []
+    after = [r for r in rows if r["timestamp"] >= int(t_kill)]
+    return {
+        "lost": lost,
+        "trials": len(children),
+        "status": status,
+        "steps": steps,
+        "hosts": hosts,
+        "tune_iterations_of_lost": [r["training_iteration"] for r in rows],
+        "first_epoch_after_kill": after[0]["training_iteration"] if after else None,
+        "recovery_s": (after[0]["timestamp"] - t_kill) if after else None,
+    }
