@@ -1,4 +1,4 @@
-"""Test double for tests/test_rank_groups.py: the GAN with its random draws made rank-free.
+"""Test doubles for tests/test_rank_groups.py: families whose per-rank parts are made rank-free.
 
 The real GAN draws its noise and gradient-penalty mixing from a generator seeded by
 ``(seed, epoch, rank)`` (jobs/train/session.py), so 2 ranks draw other numbers than one process
@@ -6,8 +6,13 @@ and agree with it only in distribution. ``GAN_FIXED_NOISE`` is the same network,
 *two optimizers* with the noise set to zero and the penalty's mixing weight to 0.5: the gradient
 averaging of both optimizers can then be checked weight for weight.
 
-Used through the family import string ``tests.rank_families:GAN_FIXED_NOISE`` (Ray workers
-import it from the repository root).
+``UNFOLD_MIGRATION_NO_BN`` is unfold_migration without its (built-in) batch-norm layers: batch
+statistics are per rank under data parallelism (no SyncBatchNorm), so only without them can
+2 ranks give one process's weights; its masked loss and everything else stay.
+
+Used through the family import strings ``tests.rank_families:GAN_FIXED_NOISE`` and
+``tests.rank_families:UNFOLD_MIGRATION_NO_BN`` (Ray workers import them from the repository
+root).
 """
 
 from __future__ import annotations
@@ -15,12 +20,12 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from models import gan
+from models import gan, unfold_migration
 from models.base import DataDims
 
-__all__ = ["GAN_FIXED_NOISE"]
+__all__ = ["GAN_FIXED_NOISE", "UNFOLD_MIGRATION_NO_BN"]
 
 
 class FixedNoiseGAN(gan.GANNet):
@@ -39,4 +44,22 @@ def _build(config: gan.GANConfig, dims: DataDims) -> FixedNoiseGAN:
 
 GAN_FIXED_NOISE = dataclasses.replace(
     gan.FAMILY, name="gan_fixed_noise", build=_build, description="GAN, zero noise (tests)"
+)
+
+
+def _build_no_bn(
+    config: unfold_migration.UnfoldMigrationConfig, dims: DataDims
+) -> unfold_migration.UnfoldMigrationNet:
+    model = unfold_migration.build(config, dims)
+    for i, layer in enumerate(model.net):
+        if isinstance(layer, nn.BatchNorm1d):
+            model.net[i] = nn.Identity()
+    return model
+
+
+UNFOLD_MIGRATION_NO_BN = dataclasses.replace(
+    unfold_migration.FAMILY,
+    name="unfold_migration_no_bn",
+    build=_build_no_bn,
+    description="unfold_migration without batch norm (tests)",
 )

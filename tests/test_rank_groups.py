@@ -8,7 +8,8 @@ tests/test_train_distributed.py), within 1e-5.
 
 The real GAN draws per-rank noise (seeded by rank), so it is checked Horovod against DDP on 2
 ranks (same per-rank draws: identical weights), and its zero-noise double
-(tests/rank_families.py: same network and two optimizers) against one process.
+(tests/rank_families.py: same network and two optimizers) against one process. unfold_migration
+has built-in batch norm (per-rank statistics), so its double without batch norm is compared.
 
 Run: ``python -m pytest -q tests/test_rank_groups.py`` (one Tune run of 12 trials, ~1-2 min on
 2 CPUs).
@@ -39,11 +40,12 @@ ROOT = Path(__file__).resolve().parents[1]
 ATOL = 1e-5
 EPOCHS = 2
 GAN_FIXED = "tests.rank_families:GAN_FIXED_NOISE"
+MIGRATION_NO_BN = "tests.rank_families:UNFOLD_MIGRATION_NO_BN"
 SMALL_GAN = {"hidden": 16, "depth": 1, "critic_hidden": 16, "critic_depth": 1, "n_critic": 2}
 # Model settings: small, and no dropout/batch norm (those legitimately differ per rank).
 FAMILIES: dict[str, dict[str, Any]] = {
     "unfold_bins": {"alpha": 0.5, "batchnorm": False, "dropout": 0.0},
-    "unfold_migration": {"dropout": 0.0, "width_scale": 0.3},
+    MIGRATION_NO_BN: {"dropout": 0.0, "width_scale": 0.3},
     "resolution": {"hidden": 16, "depth": 2},
     "flow": {"transforms": 2, "hidden_features": 16, "hidden_layers": 1},
     "gan": SMALL_GAN,
