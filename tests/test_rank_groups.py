@@ -128,15 +128,25 @@ def ray_2cpu() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def trials(
-    ray_2cpu: None, dataset: Path, tmp_path_factory: pytest.TempPathFactory
+    ray_2cpu: None,
+    dataset: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
 ) -> dict[tuple[str, str], Path]:
-    """One Tune run of 2-rank trials (family x backend); their final checkpoints' last.pt."""
+    """One Tune run of 2-rank trials (family x backend); their final checkpoints' last.pt.
+    Only the families of the selected tests run (``-k resolution`` trains 2 trials)."""
     from ray import tune
 
     from scan.state import STATIC_KEY
     from scan.trainable import ScanTrainable, trial_dirname, trial_resources
 
-    statics = [_static(dataset, f, b, 2) for f in FAMILIES for b in BACKENDS]
+    wanted = {
+        getattr(item, "callspec", None) and item.callspec.params.get("family")
+        for item in request.session.items
+    }
+    if any(item.name == "test_gan_horovod_matches_ddp" for item in request.session.items):
+        wanted.add("gan")
+    statics = [_static(dataset, f, b, 2) for f in FAMILIES for b in BACKENDS if f in wanted]
     tuner = tune.Tuner(
         tune.with_resources(ScanTrainable, trial_resources(2, 1, 0)),
         param_space={STATIC_KEY: tune.grid_search(statics)},
