@@ -39,6 +39,7 @@ from typing import Any
 from models.errors import ConfigError, InputError, require
 from scan.callback import _TRACKERS, _make_callback, _tracker
 from scan.config import ScanConfig, load_scan_config
+from scan.lock import check_free, hold
 from scan.report import ScanResult, collect_result
 from scan.signals import _INTERRUPT, EXIT_INTERRUPTED, ScanInterrupted, _interruptible
 from scan.state import CONFIG_FILE, TUNE_DIR, load_saved_config, save_config, trial_params
@@ -270,13 +271,15 @@ def launch(
         cfg = load_scan_config(config, extra)
     d = Path(cfg.scan_dir) if cfg.scan_dir else _default_scan_dir(cfg)
     cfg = cfg.model_copy(update={"scan_dir": str(d)})
+    check_free(d)  # a live driver on d is named before anything else is said about d
     if (d / TUNE_DIR).exists() or (d / CONFIG_FILE).exists():
         raise ConfigError(
             f"scan_dir: {d} already holds a scan; continue it with 'hepscan resume {d}' "
             "or choose another --scan-dir"
         )
     _check_dataset(cfg)
-    return _run(cfg, d, address=address, restore=False, verbose=verbose)
+    with hold(d, "hepscan scan"):
+        return _run(cfg, d, address=address, restore=False, verbose=verbose)
 
 
 def resume(
@@ -291,8 +294,9 @@ def resume(
     cfg = load_saved_config(d)
     if tracking_uri is not None:
         cfg = cfg.model_copy(update={"tracking_uri": tracking_uri})
-    _check_dataset(cfg)
-    return _run(cfg, d, address=address, restore=True, verbose=verbose)
+    with hold(d, "hepscan resume"):
+        _check_dataset(cfg)
+        return _run(cfg, d, address=address, restore=True, verbose=verbose)
 
 
 def _run(

@@ -35,6 +35,7 @@ import os
 from pathlib import Path
 
 from models.errors import ConfigError, HepscanError
+from scan.lock import check_free
 from slurm.cluster import _run, _sbatch_env, check_partition, status
 from slurm.gpus import check_scan_gpus, scan_resources
 from slurm.render import _resolved, render_script
@@ -110,6 +111,8 @@ def submit(spec: JobSpec, dry_run: bool = False) -> SubmitResult:
         _check_gpus(spec, config)
         return SubmitResult(None, script, None, run_dir, log_path, scan_dir, tracking)
 
+    if spec.kind == "scan" and scan_dir is not None:
+        check_free(scan_dir)  # ScanLocked naming a live driver; the job's driver takes the lock
     partition = check_partition(spec)
     _check_gpus(spec, config)
     for sub in ("logs", "ray", "dask"):
