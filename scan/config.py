@@ -134,6 +134,9 @@ class ScanConfig(StrictModel):
     max_failures: Annotated[int, Field(ge=0)] = 2
     scan_dir: str | None = None
     tracking_uri: str | None = None
+    # How long the MLflow server may stay unreachable before the scan stops (scan/outbox.py);
+    # meanwhile tracking writes are buffered and retried with backoff.
+    tracking_outage_timeout_s: Annotated[float, Field(gt=0)] = 300.0
     experiment: str = "hepscan"
     # Optuna's TPE needs a few random trials first; None = Optuna's default (10).
     n_startup_trials: Annotated[int, Field(ge=1)] | None = None

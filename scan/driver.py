@@ -37,9 +37,10 @@ from pathlib import Path
 from typing import Any
 
 from models.errors import ConfigError, InputError, require
-from scan.callback import _TRACKERS, _make_callback, _tracker
+from scan.callback import _LOGGED, _OUTBOXES, _TRACKERS, _make_callback, _outbox, _tracker
 from scan.config import ScanConfig, load_scan_config
 from scan.lock import check_free, hold
+from scan.outbox import OUTBOX_FILE, Outbox, TrackingUnavailable, quick_http_client
 from scan.report import ScanResult, collect_result
 from scan.signals import _INTERRUPT, EXIT_INTERRUPTED, ScanInterrupted, _interruptible
 from scan.state import CONFIG_FILE, TUNE_DIR, load_saved_config, save_config, trial_params
@@ -299,6 +300,27 @@ def resume(
         return _run(cfg, d, address=address, restore=True, verbose=verbose)
 
 
+def _tracking_gone(box: Outbox, scan_dir: Path, reason: str) -> TrackingUnavailable:
+    """Save the writes the server did not take; the error says how to continue."""
+    saved = scan_dir / OUTBOX_FILE
+    n = box.save(saved)
+    return TrackingUnavailable(
+        f"{reason}. The scan stopped; its Tune state in {scan_dir / TUNE_DIR} is intact and "
+        f"{n} tracking writes not yet in MLflow were saved to {saved}. Once the server is "
+        f"back: hepscan resume {scan_dir}"
+    )
+
+
+def _replay_saved(box: Outbox, scan_dir: Path) -> None:
+    """Write the queue an earlier driver saved when the server went away (resume)."""
+    saved = scan_dir / OUTBOX_FILE
+    if saved.exists():
+        n = box.load(saved)
+        box.drain()
+        saved.unlink()
+        log.warning("wrote %d tracking writes saved during a tracking-server outage", n)
+
+
 def _run(
     cfg: ScanConfig, scan_dir: Path, *, address: str | None, restore: bool, verbose: int
 ) -> ScanResult:
@@ -315,12 +337,16 @@ def _run(
         check_cluster(cfg)
         save_config(cfg, scan_dir)
         tracker = _tracker(key, cfg.tracking_uri, cfg.experiment)
-        tracker.start_scan(
+        quick_http_client(tracker.tracking_uri)  # the outbox retries, not MLflow's client
+        box = _outbox(key, cfg.tracking_uri, cfg.experiment, cfg.tracking_outage_timeout_s)
+        box.call(
+            tracker.start_scan,
             cfg.name,
             cfg.to_dict(),
             {k: v.model_dump(exclude_none=True) for k, v in cfg.space.items()},
             tags={"hepscan.family": cfg.family, "hepscan.searcher": cfg.searcher},
         )
+        _replay_saved(box, scan_dir)
         with _quiet_optuna(), _interruptible() as sig:
             tune_path = str(scan_dir / TUNE_DIR)
             if restore and tune.Tuner.can_restore(tune_path):
@@ -334,20 +360,37 @@ def _run(
             else:
                 tuner = _tuner(cfg, scan_dir, cfg.tracking_uri, verbose)
             grid = tuner.fit()
+        if box.failed is not None:
+            raise _tracking_gone(box, scan_dir, box.failed)
+        try:
+            box.drain()
+        except TrackingUnavailable as exc:
+            raise _tracking_gone(box, scan_dir, str(exc)) from None
+        if box.outages:
+            log.warning(
+                "tracking: %d outage(s), longest %.1f s, %d retries, up to %d writes buffered; "
+                "all written",
+                box.outages,
+                box.longest_outage_s,
+                box.retries,
+                box.max_backlog,
+            )
         if sig["interrupted"] or _INTERRUPT["requested"]:
-            tracker.close_dangling(TrialStatus.KILLED, "interrupt")
+            box.call(tracker.close_dangling, TrialStatus.KILLED, "interrupt")
             raise ScanInterrupted(scan_dir)
         # Trials Tune never reported as complete (e.g. a time budget ran out) are not left open.
-        tracker.close_dangling(TrialStatus.KILLED, "stopped", include_parent=False)
+        box.call(tracker.close_dangling, TrialStatus.KILLED, "stopped", include_parent=False)
         result = collect_result(cfg, scan_dir, grid=grid, parent_run_id=tracker.parent_run_id)
         from scan.publish import publish_at_end  # dataset inputs, best model -> registry
 
         publish_at_end(cfg, result, tracker)
         summary = result.summary()
-        tracker.end_scan(TrialStatus.FINISHED, summary)
+        box.call(tracker.end_scan, TrialStatus.FINISHED, summary)
         return result
     except BaseException as exc:
-        if isinstance(exc, ScanInterrupted) or not isinstance(exc, Exception | KeyboardInterrupt):
+        if isinstance(exc, ScanInterrupted | TrackingUnavailable) or not isinstance(
+            exc, Exception | KeyboardInterrupt
+        ):
             raise
         t = _TRACKERS.get(key)
         if t is not None and t.parent_run_id is not None:
@@ -363,6 +406,8 @@ def _run(
         raise
     finally:
         _TRACKERS.pop(key, None)
+        _OUTBOXES.pop(key, None)
+        _LOGGED.pop(str(scan_dir.resolve()), None)
         if started_ray:
             import ray
 

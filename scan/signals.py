@@ -41,10 +41,17 @@ def _forward_interrupt() -> None:
     """Hand a pending SIGTERM/SIGINT to Tune once its loop runs (Tune handles SIGUSR1 there:
     stop, save the experiment state, return from fit)."""
     if _INTERRUPT["requested"] and not _INTERRUPT["forwarded"]:
-        handler = signal.getsignal(signal.SIGUSR1)
-        if callable(handler) and handler is not _ignore:
-            _INTERRUPT["forwarded"] = True
-            signal.raise_signal(signal.SIGUSR1)
+        _INTERRUPT["forwarded"] = _request_tune_stop()
+
+
+def _request_tune_stop() -> bool:
+    """Ask a running Tune loop to stop gracefully (save its state, return from fit); False
+    when its SIGUSR1 handler is not installed yet."""
+    handler = signal.getsignal(signal.SIGUSR1)
+    if callable(handler) and handler is not _ignore:
+        signal.raise_signal(signal.SIGUSR1)
+        return True
+    return False
 
 
 def _ignore(signum: int, frame: Any) -> None:

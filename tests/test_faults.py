@@ -178,3 +178,184 @@ def test_stale_locks_are_taken_over(tmp_path: Path) -> None:
         assert "SLURM job 777 is no longer known to SLURM" in said[0]
     finally:
         os.environ["PATH"] = old_path
+
+
+# ------------------------------------------------------------------ 3. tracking server outage
+class MlflowServer:
+    """A real ``mlflow server`` (sqlite behind it) on 127.0.0.1, stopped and restarted on the
+    same port."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> float:
+        t0 = time.monotonic()
+        log = open(self.root / "server.log", "ab")  # noqa: SIM115 - the server owns it
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "mlflow", "server",
+                "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
+                "--artifacts-destination", str(self.root / "artifacts"),
+                "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+            ],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        log.close()
+        import urllib.request
+
+        while time.monotonic() - t0 < 60:
+            assert self.proc.poll() is None, (self.root / "server.log").read_text()[-2000:]
+            try:
+                urllib.request.urlopen(f"{self.uri}/health", timeout=1).close()
+                return time.monotonic() - t0
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError("mlflow server did not start in 60 s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, 9)  # the whole server (uvicorn and its worker) at once
+            self.proc.wait()
+        self.proc = None
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[MlflowServer]:
+    srv = MlflowServer(tmp_path)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def _results(scan_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """Tune's results per trial, as written to disk by the trials (the reference)."""
+    out = {}
+    for f in sorted((scan_dir / "tune").glob("trial_*/result.json")):
+        out[f.parent.name.removeprefix("trial_")] = [
+            json.loads(ln) for ln in f.read_text().splitlines() if ln.strip()
+        ]
+    return out
+
+
+def _n_results(scan_dir: Path) -> int:
+    return sum(len(v) for v in _results(scan_dir).values()) if (scan_dir / "tune").exists() else 0
+
+
+def _wait_results(proc: subprocess.Popen[str], scan_dir: Path, n: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while _n_results(scan_dir) < n:
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        assert time.monotonic() < deadline, f"fewer than {n} results in {timeout} s"
+        time.sleep(0.1)
+
+
+def assert_mlflow_matches_tune(uri: str, scan_dir: Path, n_trials: int, epochs: int) -> None:
+    """Every trial FINISHED with metric steps exactly 1..epochs, values equal to Tune's."""
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    state = json.loads((scan_dir / "tracking.json").read_text())
+    parent = client.get_run(state["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+    )
+    assert len(children) == n_trials
+    tune = _results(scan_dir)
+    assert len(tune) == n_trials
+    for run in children:
+        assert run.info.status == "FINISHED", run.data.tags
+        reports = tune[run.data.tags["trial_id"]]
+        assert [r["training_iteration"] for r in reports] == list(range(1, epochs + 1))
+        for key in ("val_loss", "chi2_ndf", "train_loss"):
+            hist = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
+            assert [m.step for m in hist] == list(range(1, epochs + 1)), key
+            assert [m.value for m in hist] == pytest.approx([r[key] for r in reports], rel=1e-12), (
+                key
+            )
+
+
+def test_tracking_outage_loses_no_metric(
+    server: MlflowServer, dataset: Path, tmp_path: Path
+) -> None:
+    """The server is killed for 8 s while trials report (several epochs fall inside), then
+    restarted on the same port: the scan finishes and MLflow holds every report exactly once."""
+    n_trials, epochs, outage_s = 2, 8, 8.0
+    cfg = write_cfg(
+        tmp_path,
+        scan_cfg(dataset, num_trials=n_trials, max_epochs=epochs, tracking_outage_timeout_s=120),
+    )
+    scan_dir = tmp_path / "scan"
+    proc = subprocess.Popen(
+        [*HEPSCAN, "scan", str(cfg), "--scan-dir", str(scan_dir), "--tracking-uri", server.uri],
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    _wait_results(proc, scan_dir, 2, timeout=60)
+    server.stop()
+    down_at = _n_results(scan_dir)
+    time.sleep(outage_s)
+    during = _n_results(scan_dir) - down_at
+    restart_s = server.start()
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    assert during >= 3, f"only {during} reports fell inside the outage"  # trials kept training
+    assert "reachable again after" in out and "all written" in out, out[-3000:]
+    assert_mlflow_matches_tune(server.uri, scan_dir, n_trials, epochs)
+    print(f"outage {outage_s} s + restart {restart_s:.1f} s; {during} reports inside it")
+
+
+def test_tracking_server_that_never_returns_fails_then_resume_completes(
+    server: MlflowServer, dataset: Path, tmp_path: Path
+) -> None:
+    n_trials, epochs, timeout_s = 2, 8, 5
+    cfg = write_cfg(
+        tmp_path,
+        scan_cfg(
+            dataset, num_trials=n_trials, max_epochs=epochs, tracking_outage_timeout_s=timeout_s
+        ),
+    )
+    scan_dir = tmp_path / "scan"
+    proc = subprocess.Popen(
+        [*HEPSCAN, "scan", str(cfg), "--scan-dir", str(scan_dir), "--tracking-uri", server.uri],
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    _wait_results(proc, scan_dir, 2, timeout=60)
+    server.stop()
+    t0 = time.monotonic()
+    out, _ = proc.communicate(timeout=120)
+    took = time.monotonic() - t0
+    assert proc.returncode == 2, out[-3000:]
+    assert took < timeout_s + 30, took  # bounded: the timeout plus Tune's graceful stop
+    assert "unreachable for" in out and f"tracking_outage_timeout_s={timeout_s}" in out
+    assert f"hepscan resume {scan_dir}" in out and "tracking_outbox.json" in out
+    # Tune's results on disk are intact: the report reads them without MLflow.
+    rep = subprocess.run(
+        [*HEPSCAN, "report", str(scan_dir)], cwd=REPO, env=_env(), capture_output=True, text=True
+    )
+    assert rep.returncode == 0, rep.stderr[-3000:]
+
+    server.start()
+    done = subprocess.run(
+        [*HEPSCAN, "resume", str(scan_dir)],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert not (scan_dir / "tracking_outbox.json").exists()
+    assert_mlflow_matches_tune(server.uri, scan_dir, n_trials, epochs)
+    print(f"failed {took:.1f} s after the server went away (timeout {timeout_s} s)")

@@ -291,12 +291,19 @@ class ScanTracker(RunWriter):
                 _retry(self.client.log_text, run_id, _json(params), "trial_config.json")
             return run_id
 
-    def log_epoch(self, trial_id: str, step: int, metrics: Mapping[str, float]) -> None:
-        """Per-epoch metrics with their step; NaN/inf values are skipped and tagged."""
+    def log_epoch(
+        self,
+        trial_id: str,
+        step: int,
+        metrics: Mapping[str, float],
+        timestamp_ms: int | None = None,
+    ) -> None:
+        """Per-epoch metrics with their step (and time: now unless given, e.g. by a write
+        retried after a tracking outage); NaN/inf values are skipped and tagged."""
         trial_id = str(trial_id)
         with self._lock:
             run_id = self._trial_run(trial_id)
-            self._log_metrics(run_id, metrics, step)
+            self._log_metrics(run_id, metrics, step, timestamp_ms)
             self._last_step[trial_id] = max(self._last_step.get(trial_id, int(step)), int(step))
 
     def log_trial_artifacts(

@@ -149,11 +149,13 @@ class RunWriter:
         for chunk in _chunks(items, _MAX_PARAMS_PER_BATCH):
             _retry(self.client.log_batch, run_id, tags=chunk)
 
-    def _log_metrics(self, run_id: str, metrics: Mapping[str, Any], step: int) -> list[str]:
+    def _log_metrics(
+        self, run_id: str, metrics: Mapping[str, Any], step: int, timestamp_ms: int | None = None
+    ) -> list[str]:
         """Log finite numeric metrics; returns the keys skipped as non-finite."""
         from mlflow.entities import Metric
 
-        ts = _now_ms()
+        ts = _now_ms() if timestamp_ms is None else int(timestamp_ms)
         good: list[Metric] = []
         bad: list[str] = []
         for key, value in metrics.items():
