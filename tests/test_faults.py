@@ -224,14 +224,72 @@ class MlflowServer:
         self.proc = None
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[MlflowServer]:
-    srv = MlflowServer(tmp_path)
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    srv = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
     srv.start()
     try:
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture
+def live(server: MlflowServer) -> MlflowServer:
+    if server.proc is None:
+        server.start()
+    return server
+
+
+def test_outbox_is_bounded_and_gives_up_on_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Against a port nobody listens on (a real MLflow client, a real refused connection)."""
+    import mlflow
+
+    from scan.outbox import Outbox, TrackingUnavailable, is_unreachable, quick_http_client
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{s.getsockname()[1]}"
+    for var in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.delenv(var, raising=False)  # restored after the test
+    quick_http_client(uri)
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
+    client = mlflow.MlflowClient(uri)
+    t0 = time.monotonic()
+    with pytest.raises(Exception) as info:
+        client.get_experiment_by_name("x")
+    assert time.monotonic() - t0 < 5  # no minutes of client-side retries
+    assert is_unreachable(info.value)
+    assert not is_unreachable(ValueError("API request to x failed with error code 400"))
+
+    applied: list[str] = []
+
+    def apply(name: str, kwargs: dict[str, Any]) -> None:
+        client.get_experiment_by_name(name)
+        applied.append(name)
+
+    box = Outbox(apply, timeout_s=60, where=f"MLflow at {uri}", max_buffered=5)
+    for i in range(5):
+        box.submit(f"op{i}")
+    assert len(box) == 5 and box.failed is None and box.retries == 1  # backoff: 1 try so far
+    box.submit("op5")
+    assert box.failed is not None and "6 tracking writes buffered" not in box.failed
+    assert "5 tracking writes buffered (the cap is 5)" in box.failed
+    assert len(box) == 6 and not applied
+
+    box = Outbox(apply, timeout_s=1.5, where=f"MLflow at {uri}")
+    box.submit("op")
+    t0 = time.monotonic()
+    with pytest.raises(TrackingUnavailable, match=r"unreachable for [12] s \(tracking_outage"):
+        box.drain()
+    assert 1.0 < time.monotonic() - t0 < 5
+    assert 2 <= box.retries <= 6  # 0.5 s doubling, capped at the deadline
+    saved = tmp_path / "outbox.json"
+    assert box.save(saved) == 1
+    fresh = Outbox(apply, timeout_s=1)
+    assert fresh.load(saved) == 1 and fresh.pending == [("op", {})]
 
 
 def _results(scan_dir: Path) -> dict[str, list[dict[str, Any]]]:
@@ -283,19 +341,17 @@ def assert_mlflow_matches_tune(uri: str, scan_dir: Path, n_trials: int, epochs: 
             )
 
 
-def test_tracking_outage_loses_no_metric(
-    server: MlflowServer, dataset: Path, tmp_path: Path
-) -> None:
-    """The server is killed for 8 s while trials report (several epochs fall inside), then
+def test_tracking_outage_loses_no_metric(live: MlflowServer, dataset: Path, tmp_path: Path) -> None:
+    """The server is killed for 5 s (plus its restart, ~5-15 s) while trials report (several epochs fall inside), then
     restarted on the same port: the scan finishes and MLflow holds every report exactly once."""
-    n_trials, epochs, outage_s = 2, 8, 8.0
+    n_trials, epochs, outage_s = 2, 8, 5.0
     cfg = write_cfg(
         tmp_path,
         scan_cfg(dataset, num_trials=n_trials, max_epochs=epochs, tracking_outage_timeout_s=120),
     )
     scan_dir = tmp_path / "scan"
     proc = subprocess.Popen(
-        [*HEPSCAN, "scan", str(cfg), "--scan-dir", str(scan_dir), "--tracking-uri", server.uri],
+        [*HEPSCAN, "scan", str(cfg), "--scan-dir", str(scan_dir), "--tracking-uri", live.uri],
         cwd=REPO,
         env=_env(),
         stdout=subprocess.PIPE,
@@ -303,21 +359,21 @@ def test_tracking_outage_loses_no_metric(
         text=True,
     )
     _wait_results(proc, scan_dir, 2, timeout=60)
-    server.stop()
+    live.stop()
     down_at = _n_results(scan_dir)
     time.sleep(outage_s)
     during = _n_results(scan_dir) - down_at
-    restart_s = server.start()
+    restart_s = live.start()
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out[-3000:]
     assert during >= 3, f"only {during} reports fell inside the outage"  # trials kept training
     assert "reachable again after" in out and "all written" in out, out[-3000:]
-    assert_mlflow_matches_tune(server.uri, scan_dir, n_trials, epochs)
+    assert_mlflow_matches_tune(live.uri, scan_dir, n_trials, epochs)
     print(f"outage {outage_s} s + restart {restart_s:.1f} s; {during} reports inside it")
 
 
 def test_tracking_server_that_never_returns_fails_then_resume_completes(
-    server: MlflowServer, dataset: Path, tmp_path: Path
+    live: MlflowServer, dataset: Path, tmp_path: Path
 ) -> None:
     n_trials, epochs, timeout_s = 2, 8, 5
     cfg = write_cfg(
@@ -328,7 +384,7 @@ def test_tracking_server_that_never_returns_fails_then_resume_completes(
     )
     scan_dir = tmp_path / "scan"
     proc = subprocess.Popen(
-        [*HEPSCAN, "scan", str(cfg), "--scan-dir", str(scan_dir), "--tracking-uri", server.uri],
+        [*HEPSCAN, "scan", str(cfg), "--scan-dir", str(scan_dir), "--tracking-uri", live.uri],
         cwd=REPO,
         env=_env(),
         stdout=subprocess.PIPE,
@@ -336,7 +392,7 @@ def test_tracking_server_that_never_returns_fails_then_resume_completes(
         text=True,
     )
     _wait_results(proc, scan_dir, 2, timeout=60)
-    server.stop()
+    live.stop()
     t0 = time.monotonic()
     out, _ = proc.communicate(timeout=120)
     took = time.monotonic() - t0
@@ -350,12 +406,12 @@ def test_tracking_server_that_never_returns_fails_then_resume_completes(
     )
     assert rep.returncode == 0, rep.stderr[-3000:]
 
-    server.start()
+    live.start()
     done = subprocess.run(
         [*HEPSCAN, "resume", str(scan_dir)],
         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert not (scan_dir / "tracking_outbox.json").exists()
-    assert_mlflow_matches_tune(server.uri, scan_dir, n_trials, epochs)
+    assert_mlflow_matches_tune(live.uri, scan_dir, n_trials, epochs)
     print(f"failed {took:.1f} s after the server went away (timeout {timeout_s} s)")
