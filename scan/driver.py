@@ -22,7 +22,17 @@ Interruption (:mod:`scan.signals`): SIGTERM or SIGINT makes Tune stop its loop a
 experiment state one last time; running trial runs are marked KILLED (``hepscan.stopped_by=interrupt``) and the
 command exits with code 3. ``hepscan resume`` restores the Tuner (searcher state included),
 restarts unfinished trials from their last checkpoint and reopens their MLflow runs, so the scan
-ends with exactly ``num_trials`` trials, one MLflow run each.
+ends with exactly ``num_trials`` trials, one MLflow run each; a restored trial does not log
+again the epochs MLflow already has (its steps stay 1, 2, ..., N).
+
+One driver per scan directory (:mod:`scan.lock`): ``launch`` and ``resume`` hold
+``SCAN_DIR/.driver.lock`` (flock) and ``SCAN_DIR/driver.json`` (host, pid, SLURM job id) while
+they run; a second driver fails at once with :class:`scan.lock.ScanLocked` naming the holder.
+
+Tracking-server outages (:mod:`scan.outbox`): MLflow writes are buffered and retried with
+backoff; after ``tracking_outage_timeout_s`` the scan stops (Tune state saved), the pending
+writes go to ``SCAN_DIR/tracking_outbox.json`` and :class:`scan.outbox.TrackingUnavailable` is
+raised; ``hepscan resume`` writes them first.
 """
 
 from __future__ import annotations
