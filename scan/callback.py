@@ -17,7 +17,8 @@ from typing import Any
 
 from models.errors import require
 from scan.config import ScanConfig
-from scan.outbox import Outbox, is_unreachable
+from scan.diskspace import release_reserve
+from scan.outbox import Outbox, is_no_space, is_unreachable
 from scan.signals import _forward_interrupt, _request_tune_stop
 from scan.state import trial_finished, trial_params
 
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 _TRACKERS: dict[str, Any] = {}  # scan_dir -> ScanTracker of this driver process
 _OUTBOXES: dict[str, Outbox] = {}  # scan_dir -> its queue of tracking writes
+_NOSPACE: dict[str, list[tuple[str, str]]] = {}  # scan_dir -> trials failed on ENOSPC
 _LOGGED: dict[str, dict[str, int]] = {}  # resolved scan_dir -> trial id -> last step in MLflow
 DEFAULT_OUTAGE_TIMEOUT_S = 300.0
 
@@ -120,7 +122,7 @@ def _log_artifacts(tracker: Any, trial_id: str, ckpt_dir: str) -> None:
             finally:
                 plt.close(fig)
     except Exception as exc:  # noqa: BLE001
-        if is_unreachable(exc):
+        if is_unreachable(exc) or is_no_space(exc):
             raise
         log.warning("trial %s: artifacts not logged: %s", trial_id, exc)
 
@@ -243,6 +245,15 @@ def _make_callback(cfg: ScanConfig, scan_dir: Path, tracking_uri: str | None) ->
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             reason = _error_text(trial)
+            if is_no_space(_error_text(trial, full=True)):
+                # The scan directory is full: every trial would fail next.  Free the driver's
+                # reserve (room for Tune's state and the tracking writes) and stop like SIGTERM.
+                what = _no_space_text(trial, self.scan_dir)
+                _NOSPACE.setdefault(self.scan_dir, []).append((trial.trial_id, what))
+                release_reserve(Path(self.scan_dir))
+                log.error("trial %s: no space left on device: %s", trial.trial_id, what)
+                if not getattr(self, "_stop_requested", False):
+                    self._stop_requested = _request_tune_stop()
             self._artifacts(trial)
             self.outbox.submit("end_trial", trial_id=trial.trial_id, status="FAILED", reason=reason)
 
@@ -258,12 +269,27 @@ def _make_callback(cfg: ScanConfig, scan_dir: Path, tracking_uri: str | None) ->
     return TrackingCallback()
 
 
-def _error_text(trial: Any) -> str:
+def _error_text(trial: Any, full: bool = False) -> str:
     path = getattr(trial, "error_file", None) or ""
     try:
         text = Path(path).read_text() if path else ""
     except OSError:
         text = ""
+    if full:
+        return text
     lines = [ln for ln in text.strip().splitlines() if ln.strip()]
     # The last line of a traceback names the exception; keep it short for the tag.
     return (lines[-1] if lines else "trial raised an exception")[:500]
+
+
+def _no_space_text(trial: Any, scan_dir: str) -> str:
+    """The ENOSPC line of a trial's error, with the path it names (else the scan directory)."""
+    import re
+
+    text = _error_text(trial, full=True)
+    lines = [ln.strip() for ln in text.splitlines() if is_no_space(ln)]
+    line = (lines[-1] if lines else _error_text(trial))[:300]
+    paths = re.findall(r"(/[^\s'\"]+)", text)
+    inside = [p for p in paths if p.startswith(scan_dir)]
+    where = inside[-1] if inside else None
+    return f"{line} (writing {where})" if where and where not in line else line

@@ -37,6 +37,7 @@ raised; ``hepscan resume`` writes them first.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -47,8 +48,25 @@ from pathlib import Path
 from typing import Any
 
 from models.errors import ConfigError, InputError, require
-from scan.callback import _LOGGED, _OUTBOXES, _TRACKERS, _make_callback, _outbox, _tracker
+from scan.callback import (
+    _LOGGED,
+    _NOSPACE,
+    _OUTBOXES,
+    _TRACKERS,
+    _make_callback,
+    _outbox,
+    _tracker,
+)
 from scan.config import ScanConfig, load_scan_config
+from scan.diskspace import (
+    RETRY_FILE,
+    NoSpace,
+    allocate_reserve,
+    no_space_error,
+    release_reserve,
+    save_retry,
+    take_retry,
+)
 from scan.lock import check_free, hold
 from scan.outbox import OUTBOX_FILE, Outbox, TrackingUnavailable, quick_http_client
 from scan.report import ScanResult, collect_result
@@ -346,6 +364,8 @@ def _run(
     try:
         check_cluster(cfg)
         save_config(cfg, scan_dir)
+        allocate_reserve(scan_dir)  # room to stop cleanly if the filesystem fills up
+        retry = take_retry(scan_dir) if restore else None
         tracker = _tracker(key, cfg.tracking_uri, cfg.experiment)
         quick_http_client(tracker.tracking_uri)  # the outbox retries, not MLflow's client
         box = _outbox(key, cfg.tracking_uri, cfg.experiment, cfg.tracking_outage_timeout_s)
@@ -364,12 +384,26 @@ def _run(
                     tune_path,
                     trainable=_trainable(cfg),
                     resume_unfinished=True,
-                    resume_errored=False,
+                    # trials that failed because the disk was full continue from their last
+                    # checkpoint (scan/diskspace.py); other failures stay failed
+                    resume_errored=retry is not None,
                     restart_errored=False,
                 )
+                if retry is not None:
+                    (scan_dir / RETRY_FILE).unlink(missing_ok=True)
+                    log.warning("continuing trials that failed for lack of space: %s", retry)
             else:
                 tuner = _tuner(cfg, scan_dir, cfg.tracking_uri, verbose)
             grid = tuner.fit()
+        nospace = _NOSPACE.pop(key, None)
+        if nospace:
+            save_retry(scan_dir, [t for t, _ in nospace])
+            with contextlib.suppress(Exception):  # best effort: the disk may still be full
+                if box.flush(force=True):
+                    tracker.close_dangling(TrialStatus.KILLED, "no space left on device")
+                else:
+                    box.save(scan_dir / OUTBOX_FILE)
+            raise no_space_error(scan_dir, nospace)
         if box.failed is not None:
             raise _tracking_gone(box, scan_dir, box.failed)
         try:
@@ -398,7 +432,7 @@ def _run(
         box.call(tracker.end_scan, TrialStatus.FINISHED, summary)
         return result
     except BaseException as exc:
-        if isinstance(exc, ScanInterrupted | TrackingUnavailable) or not isinstance(
+        if isinstance(exc, ScanInterrupted | TrackingUnavailable | NoSpace) or not isinstance(
             exc, Exception | KeyboardInterrupt
         ):
             raise
@@ -417,6 +451,8 @@ def _run(
     finally:
         _TRACKERS.pop(key, None)
         _OUTBOXES.pop(key, None)
+        _NOSPACE.pop(key, None)
+        release_reserve(scan_dir)
         _LOGGED.pop(str(scan_dir.resolve()), None)
         if started_ray:
             import ray

@@ -2,7 +2,8 @@
 
 Every write the Tune callback makes (a trial's run, its per-epoch metrics, tags, artifacts, its
 end) is queued here as a JSON-able operation and applied in order.  While the server cannot be
-reached (connection refused or reset, a timeout, HTTP 502/503/504), the queue keeps the
+reached (connection refused or reset, a timeout, HTTP 502/503/504) or its store is full
+(ENOSPC, sqlite's "database or disk is full"), the queue keeps the
 operations and is retried with exponential backoff (0.5 s doubling to 15 s) from the Tune loop;
 trials keep training meanwhile.  When the server answers again the queue is written out in its
 original order, so the metrics in MLflow are the same as without the outage (each metric keeps
@@ -28,6 +29,7 @@ that this queue does the retrying.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -44,6 +46,7 @@ __all__ = [
     "OUTBOX_FILE",
     "Outbox",
     "TrackingUnavailable",
+    "is_no_space",
     "is_unreachable",
     "quick_http_client",
 ]
@@ -111,6 +114,28 @@ def is_unreachable(exc: BaseException) -> bool:
     return False
 
 
+def is_no_space(exc: BaseException | str) -> bool:
+    """True when ``exc`` (or an error text) says a filesystem is full (ENOSPC, sqlite's
+    "database or disk is full", a quota)."""
+    if isinstance(exc, str):
+        text = exc.lower()
+        return any(t in text for t in ("no space left", "enospc", "disk is full", "quota exc"))
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if is_no_space(str(e)):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _retryable(exc: BaseException) -> bool:
+    return is_unreachable(exc) or is_no_space(exc)
+
+
 class Outbox:
     """An ordered queue of tracking operations applied by ``apply(name, kwargs)``."""
 
@@ -166,7 +191,7 @@ class Outbox:
             try:
                 self._apply(name, kwargs)
             except Exception as exc:
-                if not is_unreachable(exc):
+                if not _retryable(exc):
                     self._ops.popleft()
                     raise
                 self._failure(exc)
@@ -189,7 +214,7 @@ class Outbox:
             try:
                 out = fn(*args, **kwargs)
             except Exception as exc:
-                if not is_unreachable(exc):
+                if not _retryable(exc):
                     raise
                 self._failure(exc)
                 if self.failed is not None:

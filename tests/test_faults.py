@@ -13,6 +13,7 @@ Run: ``flock /tmp/heavy.lock python -m pytest -q tests/test_faults.py``
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -421,3 +422,83 @@ def test_tracking_server_that_never_returns_fails_then_resume_completes(
     assert not (scan_dir / "tracking_outbox.json").exists()
     assert_mlflow_matches_tune(live.uri, scan_dir, n_trials, epochs)
     print(f"failed {took:.1f} s after the server went away (timeout {timeout_s} s)")
+
+
+# ------------------------------------------------------------------ 5. disk full mid-scan
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 64 MB tmpfs (we run as root), unmounted whatever happens."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill(path: Path) -> int:
+    """Write ``path`` until the filesystem has no byte left; returns the bytes written."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    n = 0
+    try:
+        for chunk in (1 << 20, 1 << 12, 1):
+            while True:
+                try:
+                    n += os.write(fd, b"\0" * chunk)
+                except OSError as exc:
+                    assert exc.errno == errno.ENOSPC
+                    break
+    finally:
+        os.close(fd)
+    return n
+
+
+def test_disk_full_mid_scan_fails_clearly_and_resume_completes(
+    small_fs: Path, dataset: Path, tmp_path: Path
+) -> None:
+    from scan.lock import HOLDER_FILE
+    from scan.state import load_saved_config
+
+    n_trials, epochs = 3, 8
+    cfg = write_cfg(tmp_path, scan_cfg(dataset, num_trials=n_trials, max_epochs=epochs))
+    scan_dir = small_fs / "scan"
+    proc = subprocess.Popen(
+        [*HEPSCAN, "scan", str(cfg), "--scan-dir", str(scan_dir)],
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    _wait_results(proc, scan_dir, 3, timeout=60)
+    _fill(small_fs / "filler")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2, out[-3000:]
+    err = [ln for ln in out.splitlines() if ln.startswith("hepscan: error:")]
+    assert err, out[-3000:]
+    assert f"{scan_dir}: no space left on device (ENOSPC" in err[0]
+    assert "No space left on device" in err[0] or "errno 28" in err[0].lower()
+    assert f"hepscan resume {scan_dir}" in err[0]
+    # The state on disk stays loadable while the disk is still full.
+    assert load_saved_config(scan_dir).num_trials == n_trials
+    rep = subprocess.run(
+        [*HEPSCAN, "report", str(scan_dir)], cwd=REPO, env=_env(), capture_output=True, text=True
+    )
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    assert "FAILED" in rep.stdout
+
+    # The driver that died is recorded as the holder (as after a crash): taken over, said so.
+    record = {"host": socket.gethostname(), "pid": proc.pid, "command": "hepscan scan"}
+    (scan_dir / HOLDER_FILE).write_text(json.dumps(record))
+    (small_fs / "filler").unlink()
+    done = subprocess.run(
+        [*HEPSCAN, "resume", str(scan_dir)],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert f"taking over the stale lock of {scan_dir}" in done.stderr
+    assert f"pid {proc.pid} is no longer running" in done.stderr
+    assert not (scan_dir / HOLDER_FILE).exists() and not (scan_dir / ".space_reserve").exists()
+    uri = json.loads((scan_dir / "tracking.json").read_text())["tracking_uri"]
+    assert_mlflow_matches_tune(uri, scan_dir, n_trials, epochs)
