@@ -57,7 +57,8 @@ def _outbox(
             OPERATIONS[name](_tracker(scan_dir, tracking_uri, experiment), **kwargs)
 
         uri = _tracker(scan_dir, tracking_uri, experiment).tracking_uri
-        box = Outbox(apply, timeout_s, where=f"MLflow tracking server {uri}")
+        kind = "server" if uri.startswith(("http://", "https://")) else "store"
+        box = Outbox(apply, timeout_s, where=f"MLflow tracking {kind} {uri}")
         _OUTBOXES[scan_dir] = box
     return box
 

@@ -344,7 +344,11 @@ def _replay_saved(box: Outbox, scan_dir: Path) -> None:
     saved = scan_dir / OUTBOX_FILE
     if saved.exists():
         n = box.load(saved)
-        box.drain()
+        try:
+            box.drain()
+        except TrackingUnavailable:
+            box.save(saved)  # what is still not written
+            raise
         saved.unlink()
         log.warning("wrote %d tracking writes saved during a tracking-server outage", n)
 
