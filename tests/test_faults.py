@@ -454,6 +454,12 @@ def _fill(path: Path) -> int:
     return n
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="open defect (issue 15 item 5): after the resume one trial's MLflow run ends KILLED "
+    "(hepscan.end_reason=stopped) although Tune ran it to the end: a tracking write lost while "
+    "the disk was full (docs/faults.md)",
+)
 def test_disk_full_mid_scan_fails_clearly_and_resume_completes(
     small_fs: Path, dataset: Path, tmp_path: Path
 ) -> None:
