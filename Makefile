@@ -25,7 +25,7 @@ $(error TORCH must be cpu or cu12, not '$(TORCH)')
 endif
 
 .PHONY: install install-gpu demo test lint typecheck pytest system-deps clean slurm-up slurm-down studies benchmarks \
-	unfold-cms prior-shift-closure
+	unfold-cms prior-shift-closure generative-jets
 
 # CPU torch first (a wheel on disk here); anything that depends on torch installed before it would
 # pull a multi-GB CUDA build. Horovod is then built from its sdist against that torch.
@@ -80,7 +80,7 @@ studies: install
 	$(PY) -m benchmarks.studies.param_classifier
 	$(PY) -m benchmarks.studies.vae_anomaly
 	PYTHONPATH=. $(PY) -m benchmarks.studies.recoil_regression
-	$(MAKE) unfold-cms prior-shift-closure
+	$(MAKE) unfold-cms prior-shift-closure generative-jets
 
 # Real data (issue 10, item 7): simulate zll, preprocess, scan, register 2 models, apply them
 # (`hepscan apply`'s Python API) to the CMS file uproot-Zmumu.root; ~3 min on 2 cores.
@@ -93,6 +93,13 @@ unfold-cms: install
 prior-shift-closure: install
 	PYTHONPATH=. $(PY) -m benchmarks.studies.prior_shift_closure \
 		--figure docs/figures/prior_shift_closure.png
+
+# Fast detector simulation (issue 12): flow vs GAN vs resolution-classifier sampling vs the
+# simulator on jets and jets_tail, each the best of a 24-trial TPE + ASHA scan; last line
+# flow_auc=<value>. Not yet run in full mode; estimated 2-3 h on a quiet 2-core machine
+# (docs/studies.md, study 10; --scan-samples jets --epochs 10 for ~40 min).
+generative-jets: install
+	PYTHONPATH=. $(PY) -m benchmarks.studies.generative_jets
 
 # Speed goals: each prints its figures and `ratio=` against a baseline measured in the same run.
 benchmarks: install

@@ -6,6 +6,13 @@ Loss: −log p(reco | truth), in standardised space (x = generative condition co
 y = target columns, both standardised by the loop). Sampling draws base noise (optionally from
 a ``torch.Generator``) and inverts the transform; :meth:`FlowNet.latent` is the forward map
 reco → noise, the invertible direction that unfolding-style uses build on.
+
+``efficiency_head=True`` handles the inefficiency apart from the density: rows whose targets
+are all exactly 0 in physical units (the simulators' and preprocess's convention for an
+object that was not reconstructed) train a logistic head p(reconstructed | truth) and are left
+out of the flow's likelihood; :meth:`FlowNet.sample` draws the Bernoulli first and returns
+all-zero targets for the lost objects. Without it the flow has to spread density onto that
+spike at 0 (issue 12).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.base import (
@@ -24,6 +32,7 @@ from models.base import (
     StepFn,
     chunked,
     eval_mode,
+    mlp,
     model_device,
     model_dtype,
 )
@@ -48,6 +57,7 @@ class FlowConfig:
     bins: int = 8  # NSF only
     randperm: bool = False
     weight_decay: float = 0.0
+    efficiency_head: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -88,6 +98,26 @@ class FlowNet(StandardisationBuffers):
                 hidden_features=hidden,
             )
 
+        self.efficiency: nn.Module | None = None
+        if config.efficiency_head:
+            self.efficiency = mlp(dims.n_inputs, [32, 32], 1)
+
+    def reconstructed(self, y: Tensor) -> Tensor:
+        """(B,) bool: rows whose standardised targets are not all the physical 0."""
+        zero = -self.y_mean / self.y_std
+        return (y - zero).abs().max(dim=1).values > 1e-4 * (1.0 + zero.abs().max())
+
+    def _loss(self, x: Tensor, y: Tensor) -> Tensor:
+        """Mean −log p over rows (with the head: −log p(reco | x) of reconstructed rows
+        − log p(flag | x) of every row, per row)."""
+        if self.efficiency is None:
+            return -self.log_prob(y, x).mean()
+        ok = self.reconstructed(y)
+        logit = self.efficiency(x).squeeze(1)
+        bce = F.binary_cross_entropy_with_logits(logit, ok.to(logit.dtype), reduction="sum")
+        nll = -self.log_prob(y[ok], x[ok]).sum() if bool(ok.any()) else logit.sum() * 0
+        return (nll + bce) / len(x)
+
     def log_prob(self, y: Tensor, x: Tensor) -> Tensor:
         """log p(y | x), (B,), standardised space."""
         return self.flow(x).log_prob(y)  # type: ignore[no-any-return]
@@ -105,7 +135,7 @@ class FlowNet(StandardisationBuffers):
     def training_step(
         self, batch: dict[str, Tensor], optimizers: list[torch.optim.Optimizer], step_fn: StepFn
     ) -> dict[str, float | Tensor]:
-        loss = -self.log_prob(batch["y"], batch["x"]).mean()
+        loss = self._loss(batch["x"], batch["y"])
         step_fn(optimizers[0], loss)
         return {"loss": loss.detach()}
 
@@ -115,7 +145,12 @@ class FlowNet(StandardisationBuffers):
         x = x.to(dev, model_dtype(self))
         z = torch.randn(len(x), self.n_targets, generator=generator, device=dev)
         with eval_mode(self):
-            return self.flow(x).transform.inv(z)  # type: ignore[no-any-return]
+            y = self.flow(x).transform.inv(z)
+            if self.efficiency is not None:
+                p = torch.sigmoid(self.efficiency(x).squeeze(1))
+                lost = torch.rand(len(x), generator=generator, device=dev) >= p
+                y = torch.where(lost.unsqueeze(1), (-self.y_mean / self.y_std).to(y.dtype), y)
+            return y  # type: ignore[no-any-return]
 
     @torch.no_grad()
     def sample(self, condition: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -132,10 +167,13 @@ class FlowNet(StandardisationBuffers):
         real = data["y"].to(dev, model_dtype(self)).reshape(len(x), -1)
         nx = x.shape[1]
         with eval_mode(self):
-            logp = chunked(lambda c: self.log_prob(c[:, nx:], c[:, :nx]), torch.cat([x, real], 1))
+            loss = chunked(
+                lambda c: self._loss(c[:, :nx], c[:, nx:]).reshape(1) * len(c),
+                torch.cat([x, real], 1),
+            )
         fake = self.sample_standardised(x, torch.Generator(device=dev).manual_seed(EVAL_SEED))
         scores = generative_scores(x.cpu().numpy(), real.cpu().numpy(), fake.cpu().numpy())
-        return {"val_loss": float(-logp.mean()), **scores}
+        return {"val_loss": float(loss.sum() / len(x)), **scores}
 
 
 def build(config: FlowConfig, dims: DataDims) -> FlowNet:

@@ -11,6 +11,14 @@ Steps: every ``training_step`` updates the critic once; the generator is updated
 ``n_critic``-th call (a step counter kept as a buffer, so resume is exact and every rank
 agrees). While the generator loss is built the critic is frozen, so ``step_fn`` only ever
 back-propagates into the optimizer's own network.
+
+``efficiency_head=True``: rows whose targets are all exactly 0 in physical units (an object
+that was not reconstructed) train a logistic head p(reconstructed | truth) (with the
+generator's optimizer) and are left out of the critic and generator losses; :meth:`sample`
+draws the Bernoulli first and returns all-zero targets for lost objects. ``ema > 0`` keeps an
+exponential moving average of the generator's weights (decay ``ema`` per generator step),
+which :meth:`sample` and :meth:`evaluate` use; ``critic_lr_factor`` (two time-scale update
+rule) and ``spectral_norm`` (of the critic's layers) are the other stabilisers (issue 12).
 """
 
 from __future__ import annotations
@@ -58,8 +66,14 @@ class GANConfig:
     loss: str = "wgan-gp"
     beta1: float = 0.5
     beta2: float = 0.9
+    efficiency_head: bool = False
+    ema: float = 0.0  # decay of the generator-weight EMA per generator step (0: off)
+    critic_lr_factor: float = 1.0  # TTUR: the critic's learning rate is lr × this
+    spectral_norm: bool = False  # spectral normalisation of the critic's linear layers
 
     def __post_init__(self) -> None:
+        if not (0.0 <= self.ema < 1.0):
+            raise ValueError(f"ema must lie in [0, 1), got {self.ema}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.n_critic < 1:
@@ -119,6 +133,30 @@ class GANNet(StandardisationBuffers):
             last = self.critic[-1]
             assert isinstance(last, nn.Linear)
             self.critic[-1] = nn.Linear(last.in_features, 1, bias=False)
+        if config.spectral_norm:
+            for i, layer in enumerate(self.critic):
+                if isinstance(layer, nn.Linear):
+                    self.critic[i] = nn.utils.parametrizations.spectral_norm(layer)
+        self.efficiency: nn.Module | None = None
+        if config.efficiency_head:
+            self.efficiency = mlp(dims.n_inputs, [32, 32], 1)
+        self.generator_ema: nn.Module | None = None
+        if config.ema > 0:
+            import copy
+
+            self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
+
+    def reconstructed(self, y: Tensor) -> Tensor:
+        """(B,) bool: rows whose standardised targets are not all the physical 0."""
+        zero = -self.y_mean / self.y_std
+        return (y - zero).abs().max(dim=1).values > 1e-4 * (1.0 + zero.abs().max())
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        assert self.generator_ema is not None
+        d = self.config.ema
+        for pe, p in zip(self.generator_ema.parameters(), self.generator.parameters(), strict=True):
+            pe.mul_(d).add_(p.detach(), alpha=1.0 - d)
 
     def forward(self, x: Tensor, noise: Tensor) -> Tensor:
         """Generated (standardised) targets from standardised condition and noise."""
@@ -133,9 +171,14 @@ class GANNet(StandardisationBuffers):
 
     def configure_optimizers(self, lr: float) -> list[torch.optim.Optimizer]:
         betas = (self.config.beta1, self.config.beta2)
+        gen_params = list(self.generator.parameters())
+        if self.efficiency is not None:
+            gen_params += list(self.efficiency.parameters())
         return [
-            torch.optim.Adam(self.generator.parameters(), lr=lr, betas=betas),
-            torch.optim.Adam(self.critic.parameters(), lr=lr, betas=betas),
+            torch.optim.Adam(gen_params, lr=lr, betas=betas),
+            torch.optim.Adam(
+                self.critic.parameters(), lr=lr * self.config.critic_lr_factor, betas=betas
+            ),
         ]
 
     def _gradient_penalty(self, x: Tensor, real: Tensor, fake: Tensor) -> Tensor:
@@ -149,6 +192,13 @@ class GANNet(StandardisationBuffers):
     ) -> dict[str, float | Tensor]:
         opt_g, opt_c = optimizers
         x, real = batch["x"], batch["y"]
+        eff_loss = None
+        if self.efficiency is not None:
+            ok = self.reconstructed(real)
+            logit = self.efficiency(x).squeeze(1)
+            eff_loss = F.binary_cross_entropy_with_logits(logit, ok.to(logit.dtype))
+            if int(ok.sum()) >= 2:
+                x, real = x[ok], real[ok]
         with torch.no_grad():
             fake = self(x, self.noise(len(x)))
         d_real, d_fake = self.score(x, real), self.score(x, fake)
@@ -170,7 +220,11 @@ class GANNet(StandardisationBuffers):
                     loss_g = -d_gen.mean()
                 else:
                     loss_g = F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))
+                if eff_loss is not None:
+                    loss_g = loss_g + eff_loss
                 step_fn(opt_g, loss_g)
+                if self.generator_ema is not None:
+                    self._update_ema()
             finally:
                 self.critic.requires_grad_(True)
             out["loss_generator"] = loss_g.detach()
@@ -182,7 +236,13 @@ class GANNet(StandardisationBuffers):
     def sample_standardised(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         with eval_mode(self):
             x = x.to(model_device(self), model_dtype(self))
-            return self(x, self.noise(len(x), generator))
+            net = self.generator_ema if self.generator_ema is not None else self.generator
+            y: Tensor = net(torch.cat([x, self.noise(len(x), generator)], dim=1))
+            if self.efficiency is not None:
+                p = torch.sigmoid(self.efficiency(x).squeeze(1))
+                lost = torch.rand(len(x), generator=generator, device=x.device) >= p
+                y = torch.where(lost.unsqueeze(1), (-self.y_mean / self.y_std).to(y.dtype), y)
+            return y
 
     @torch.no_grad()
     def sample(self, condition: Tensor, generator: torch.Generator | None = None) -> Tensor:

@@ -25,7 +25,7 @@ SUBCOMMANDS: dict[str, str] = {
 }
 # Listed by `hepscan --help` without importing the modules (and their engines).
 SUMMARIES: dict[str, str] = {
-    "simulate": "Simulate a sample (zll, jets, dijet, ttbar, recoil) into ROOT files.",
+    "simulate": "Simulate a sample (zll, jets, dijet, ttbar, recoil, jets_tail) into ROOT files.",
     "preprocess": "Turn ROOT files into Parquet training shards with Dask + uproot.",
     "train": "Train one configuration (single process, Horovod or DDP).",
     "scan": "Run a hyperparameter scan (Ray Tune + Optuna + ASHA, MLflow).",

@@ -1,4 +1,5 @@
-"""Simulated samples (``zll``, ``jets``, ``dijet``, ``ttbar``, ``recoil``) written as ROOT files (TTree ``events``).
+"""Simulated samples (``zll``, ``jets``, ``jets_tail``, ``dijet``, ``ttbar``, ``recoil``) written as ROOT
+files (TTree ``events``).
 
 Launch::
 
@@ -35,6 +36,8 @@ Branches (floats are float32, integers int32 unless stated):
 ``jets`` (one jet per entry, the ANL toy detector):
     ``event_id``, ``truth_{pt,eta,phi,m}``, ``reco_{pt,eta,phi,m}``, ``reco_ok`` (reco_* are 0
     when the jet is lost).
+``jets_tail``: the ``jets`` branches and detector with a Crystal Ball low tail in the pT
+    response (``JetsConfig(tail_alpha=1.5, tail_n=3)``: 12 % of jets in the power-law tail).
 ``dijet``:
     ``event_id``, ``truth_mjj``, ``reco_mjj`` (GeV).
 ``ttbar`` (Z′ → tt̄ at several masses over SM tt̄; :mod:`jobs.simulate.ttbar`):

@@ -98,7 +98,7 @@ def simulate_command(
     workers: int | None,
     progress: bool,
 ) -> None:
-    """Simulate SAMPLE (zll, jets, dijet, ttbar or recoil) into ROOT files in --out."""
+    """Simulate SAMPLE (zll, jets, dijet, ttbar, recoil or jets_tail) into ROOT files in --out."""
     mass_list: tuple[float, ...] | None = None
     if masses is not None:
         parse = MassType()

@@ -1,4 +1,10 @@
-"""The ``jets`` sample: one jet per entry, the ANL toy detector (pT/eta/phi/mass response)."""
+"""The ``jets`` sample: one jet per entry, the ANL toy detector (pT/eta/phi/mass response).
+
+``jets_tail`` is the same detector with a non-Gaussian pT response: the standardised
+fluctuation follows a Crystal Ball shape (Gaussian core, power-law low tail beyond
+``-tail_alpha`` σ with exponent ``tail_n``), like a real calorimeter's leakage and dead
+material. ``tail_alpha = None`` (``jets``) keeps the Gaussian.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import numpy as np
 
 from jobs.simulate.common import ArrayDict, _power_law, _wrap_phi
 
-__all__ = ["JetsConfig"]
+__all__ = ["JetsConfig", "crystal_ball"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,26 @@ class JetsConfig:
     pos_res_inverse: float = 0.5
     forward_pos_factor: float = 1.5
     mass_res: float = 0.10
+    tail_alpha: float | None = None  # Crystal Ball low tail of the pT response (None: Gaussian)
+    tail_n: float = 3.0
+
+
+def crystal_ball(rng: np.random.Generator, n: int, alpha: float, power: float) -> np.ndarray:
+    """Standardised Crystal Ball draws: N(0, 1) core for x > −alpha, density ∝
+    (B − x)^−power below (continuous with its derivative at −alpha); exact inverse CDFs."""
+    from scipy.special import ndtr, ndtri
+
+    if alpha <= 0 or power <= 1:
+        raise ValueError(f"Crystal Ball needs alpha > 0 and n > 1, got {alpha}, {power}")
+    tail = power / alpha / (power - 1.0) * np.exp(-0.5 * alpha * alpha)
+    core = np.sqrt(2.0 * np.pi) * float(ndtr(alpha))  # ∫ exp(−x²/2) over x > −alpha
+    in_tail = rng.random(n) < tail / (tail + core)
+    u = rng.random(n)
+    lo = float(ndtr(-alpha))
+    x = ndtri(lo + u * (1.0 - lo))  # the core: a normal truncated at -alpha
+    # tail: t = B - x is Pareto on [power/alpha, inf) with index power - 1
+    t = power / alpha * np.power(1.0 - u, -1.0 / (power - 1.0))
+    return np.asarray(np.where(in_tail, (power / alpha - alpha) - t, x))
 
 
 def _gen_jets(rng: np.random.Generator, n: int, cfg: JetsConfig) -> ArrayDict:
@@ -43,7 +69,11 @@ def _gen_jets(rng: np.random.Generator, n: int, cfg: JetsConfig) -> ArrayDict:
     sigma_pt = np.sqrt((cfg.res_constant * pt) ** 2 + cfg.res_stochastic**2 * pt)
     sigma_pt *= np.where(forward, cfg.forward_res_factor, 1.0)
     # |.| reflects the rare negative fluctuation of a soft forward jet instead of dropping it
-    reco_pt = np.abs(cfg.response * pt + sigma_pt * rng.standard_normal(n))
+    if cfg.tail_alpha is None:
+        fluct = rng.standard_normal(n)
+    else:
+        fluct = crystal_ball(rng, n, cfg.tail_alpha, cfg.tail_n)
+    reco_pt = np.abs(cfg.response * pt + sigma_pt * fluct)
     sigma_pos = np.sqrt(cfg.pos_res_constant**2 + (cfg.pos_res_inverse / pt) ** 2)
     sigma_pos *= np.where(forward, cfg.forward_pos_factor, 1.0)
     reco_eta = eta + sigma_pos * rng.standard_normal(n)

@@ -17,7 +17,9 @@ from models.errors import ConfigError
 
 __all__ = ["SAMPLES", "SampleConfig", "sample_config"]
 
-SAMPLES: tuple[str, ...] = ("zll", "jets", "dijet", "ttbar", "recoil")
+SAMPLES: tuple[str, ...] = ("zll", "jets", "dijet", "ttbar", "recoil", "jets_tail")
+# jets_tail: the jets detector with a Crystal Ball low tail in the pT response (12 % of jets)
+JETS_TAIL = JetsConfig(tail_alpha=1.5, tail_n=3.0)
 
 
 SampleConfig = ZllConfig | JetsConfig | DijetConfig | TtbarConfig | RecoilConfig
@@ -50,7 +52,7 @@ def sample_config(
         if not (0.0 < smearing < 1.0):
             raise ConfigError(f"option 'smearing' must lie in (0, 1), got {smearing}")
     if mass_range is not None:
-        if sample in ("jets", "recoil"):
+        if sample in ("jets", "recoil", "jets_tail"):
             raise ConfigError("option 'mass_range' applies to samples 'zll' and 'dijet' only")
         lo, hi = (float(v) for v in mass_range)
         lower_limit = 2 * M_MUON if sample == "zll" else 0.0
@@ -66,6 +68,8 @@ def sample_config(
         return JetsConfig()
     if sample == "recoil":
         return RecoilConfig()
+    if sample == "jets_tail":
+        return JETS_TAIL
     kwargs: dict[str, Any] = {}
     if smearing is not None:
         kwargs["smearing"] = float(smearing)
@@ -77,6 +81,7 @@ def sample_config(
 _GENERATORS: dict[str, Callable[[np.random.Generator, int, Any], ArrayDict]] = {
     "zll": _gen_zll,
     "jets": _gen_jets,
+    "jets_tail": _gen_jets,
     "dijet": _gen_dijet,
     "ttbar": _gen_ttbar,
     "recoil": _gen_recoil,
