@@ -185,6 +185,22 @@ def test_vae_anomaly_fast(tmp_path: Path) -> None:
 
     models = published_models(res["scan"].scan_dir)
     assert len(models) == 1 and models[0]["model_uri"].startswith("models:/")
+    # hepscan apply on the scan: one score per test row and, the rows being labelled, the AUC
+    # and background rejection at 50 % signal efficiency of the registered VAE
+    import pyarrow.parquet as pq
+
+    from scan import apply
+
+    applied = apply(str(res["scan"].scan_dir), tmp_path / "applied", split="test", track=False)
+    m = applied.metrics
+    table = pq.read_table(tmp_path / "applied" / "generated.parquet")
+    assert table.num_rows == int(m["events"]) > 0 and "score" in table.column_names
+    assert 0 < m["signal_events"] < m["events"]
+    # the same numbers as the study's own scoring of the best trial on the test split
+    best = res["scored"][0]
+    want = best["all"][best["config"].score]
+    assert m["auc"] == pytest.approx(want["auc"], abs=1e-6), (m, want)
+    assert m["rejection_at_50"] == pytest.approx(want["rej50"], rel=1e-6), (m, want)
 
 
 def test_param_classifier_bundle_scores_physical_mass() -> None:

@@ -54,6 +54,9 @@ def generate_events(bundle: ModelBundle, inputs: Inputs, *, seed: int = 0) -> Ge
     if "reconstructed" in out:
         metrics["efficiency"] = float(np.mean(out["reconstructed"]))
     real = None
+    if bundle.kind == "score":
+        metrics.update(_score_metrics(bundle, inputs, out["score"]))
+        return GenerateResult(columns, names, real, metrics)
     if all(c in inputs.columns for c in names):
         real = np.stack([np.asarray(inputs.columns[c], np.float64) for c in names], axis=1)
         gen = np.stack([out[c] for c in names], axis=1)
@@ -73,6 +76,26 @@ def generate_events(bundle: ModelBundle, inputs: Inputs, *, seed: int = 0) -> Ge
                     max_per_sample=20000,
                 )
     return GenerateResult(columns, names, real, metrics)
+
+
+def _score_metrics(bundle: ModelBundle, inputs: Inputs, score: np.ndarray) -> dict[str, float]:
+    """ROC AUC and background rejection at 50 % signal efficiency when the input rows carry the
+    0/1 label column of the training manifest (``classify.label``); none otherwise."""
+    from models.metrics import rejection_at_efficiency, roc_auc
+
+    label = (bundle.manifest.get("classify") or {}).get("label")
+    if not label or label not in inputs.columns:
+        return {}
+    y = np.asarray(inputs.columns[label], np.float64)
+    ok = np.isfinite(score) & np.isfinite(y)
+    y, s = y[ok], np.asarray(score, np.float64)[ok]
+    if not (y == 1).any() or not (y == 0).any():
+        return {}
+    return {
+        "signal_events": float((y == 1).sum()),
+        "auc": roc_auc(s, y),
+        "rejection_at_50": rejection_at_efficiency(s, y, 0.5),
+    }
 
 
 def write_generated(

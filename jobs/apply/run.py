@@ -157,9 +157,10 @@ def summary_lines(result: ApplyResult) -> list[str]:
         if u.truth is not None:
             lines.append(f"chi2_ndf={m['chi2_ndf']:.6g}")
         return lines
-    lines.append(f"generated {int(m['events'])} reco rows -> {result.files[0]}")
+    what = "scored" if result.kind == "score" else "generated"
+    lines.append(f"{what} {int(m['events'])} rows -> {result.files[0]}")
     for key in sorted(m):
-        if key.startswith("w1_") or key in ("auc", "efficiency"):
+        if key.startswith("w1_") or key in ("auc", "efficiency", "rejection_at_50"):
             lines.append(f"{key} = {_f(m[key])}")
     lines.append(f"wrote {result.out}")
     return lines
