@@ -9,6 +9,15 @@ The driver then fails with :class:`models.errors.OutputError` naming the directo
 the failing path.  ``hepscan resume SCAN_DIR``, once space is freed, continues those trials
 from their last checkpoint (``resume_errored``) and the others as usual.
 
+Before Tune restores, :func:`drop_stale_decisions` clears the scheduling decisions Tune saved in
+its experiment state.  A trial that fails for good while its checkpoint is being saved (ENOSPC
+is such a failure) leaves a cached ``STOP`` for itself in Tune's controller (Ray 2.x
+``TuneController._schedule_trial_stop`` caches it "until the save resolves", which never
+happens); the controller saves that dict with its state, and after ``resume_errored`` the stale
+``STOP`` is applied at the resumed trial's first checkpoint: the trial ended TERMINATED one epoch
+after the resume instead of running to ``max_epochs``.  A restored controller has no save or
+training step in flight, so every saved decision is stale.
+
 .. code-block:: bash
 
     hepscan scan cfg.yaml --scan-dir /small/fs/scan   # ... hepscan: error: ... ENOSPC ...
@@ -21,6 +30,7 @@ import contextlib
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from models.errors import OutputError
@@ -30,6 +40,7 @@ __all__ = [
     "RETRY_FILE",
     "NoSpace",
     "allocate_reserve",
+    "drop_stale_decisions",
     "no_space_error",
     "release_reserve",
     "save_retry",
@@ -90,6 +101,44 @@ def take_retry(scan_dir: Path) -> list[str] | None:
     except (OSError, ValueError):
         trials = []
     return trials
+
+
+def drop_stale_decisions(tune_dir: Path) -> dict[str, str]:
+    """Clear the cached/queued trial decisions saved in Tune's experiment state files.
+
+    Returns the dropped ``{trial_id: decision}``.  Raises :class:`OutputError` naming the file
+    when it cannot be rewritten (the resumed trial would otherwise be stopped early).
+    """
+    dropped: dict[str, str] = {}
+    for path in sorted(tune_dir.glob("experiment_state-*.json")):
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # Tune's restore names an unreadable state itself
+        runner = state.get("runner_data") if isinstance(state, dict) else None
+        if not isinstance(runner, dict):
+            continue
+        stale = {}
+        for key in ("_cached_trial_decisions", "_queued_trial_decisions"):
+            value = runner.get(key)
+            if isinstance(value, dict) and value:
+                stale.update({str(k): str(v) for k, v in value.items()})
+                runner[key] = {}
+        if not stale:
+            continue
+        tmp: str | None = None
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=tune_dir)
+            with os.fdopen(fd, "w") as f:
+                json.dump(state, f)
+            os.replace(tmp, path)
+        except OSError as exc:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            raise OutputError(f"{path}: cannot rewrite Tune's experiment state ({exc})") from None
+        dropped.update(stale)
+    return dropped
 
 
 def no_space_error(scan_dir: Path, failures: list[tuple[str, str]]) -> NoSpace:

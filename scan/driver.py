@@ -62,6 +62,7 @@ from scan.diskspace import (
     RETRY_FILE,
     NoSpace,
     allocate_reserve,
+    drop_stale_decisions,
     no_space_error,
     release_reserve,
     save_retry,
@@ -384,6 +385,11 @@ def _run(
         with _quiet_optuna(), _interruptible() as sig:
             tune_path = str(scan_dir / TUNE_DIR)
             if restore and tune.Tuner.can_restore(tune_path):
+                # Tune saved decisions for trials with a save in flight (a trial that failed
+                # while saving its checkpoint: a stale STOP); they would stop resumed trials.
+                stale = drop_stale_decisions(Path(tune_path))
+                if stale:
+                    log.info("dropped stale Tune decisions from the saved state: %s", stale)
                 tuner = tune.Tuner.restore(
                     tune_path,
                     trainable=_trainable(cfg),

@@ -454,12 +454,31 @@ def _fill(path: Path) -> int:
     return n
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open defect (issue 15 item 5): after the resume one trial's MLflow run ends KILLED "
-    "(hepscan.end_reason=stopped) although Tune ran it to the end: a tracking write lost while "
-    "the disk was full (docs/faults.md)",
-)
+def test_resume_drops_stale_tune_decisions(tmp_path: Path) -> None:
+    """A STOP that Tune cached for a trial which failed while saving is not carried into the
+    resume (it stopped the resumed trial at its first checkpoint); the rest of the state stays."""
+    from scan.diskspace import drop_stale_decisions
+
+    state = {
+        "trial_data": [["{}", "{}"]],
+        "runner_data": {
+            "_cached_trial_decisions": {"1e48aa75": "STOP"},
+            "_queued_trial_decisions": {},
+            "_iteration": 57,
+            "_max_pending_trials": 1,
+        },
+        "stats": {"start_time": 1.5},
+    }
+    path = tmp_path / "experiment_state-2026-12-01_19-26-38.json"
+    path.write_text(json.dumps(state))
+    assert drop_stale_decisions(tmp_path) == {"1e48aa75": "STOP"}
+    after = json.loads(path.read_text())
+    state["runner_data"]["_cached_trial_decisions"] = {}  # type: ignore[index]
+    assert after == state
+    assert drop_stale_decisions(tmp_path) == {}  # nothing left to drop
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temp file left
+
+
 def test_disk_full_mid_scan_fails_clearly_and_resume_completes(
     small_fs: Path, dataset: Path, tmp_path: Path
 ) -> None:
