@@ -190,7 +190,7 @@ def _group_envs(backend: str, workers: int) -> list[dict[str, Any]]:
     def build() -> list[dict[str, Any]]:
         from scan.trainable import _DdpGroup, _HorovodGroup
 
-        group: Any = (_DdpGroup if backend == "ddp" else _HorovodGroup)(workers, 0.25, 1.0)
+        group: Any = (_DdpGroup if backend == "ddp" else _HorovodGroup)(workers, 0.25, 1.0, 60.0)
         try:
             if backend == "ddp":
                 envs = ray.get([a.environment.remote(KEYS) for a in group.actors])
