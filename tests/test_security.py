@@ -47,6 +47,8 @@ from slurm.spec import JobSpec
 from slurm.submit import write_script
 
 REPO = Path(__file__).resolve().parents[1]
+# the job scripts run `dask` and `mlflow` from the environment, as a job with the venv active
+VENV_PATH = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 JOB_ID = "4242"
 
 
@@ -150,7 +152,7 @@ def dask_job(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     )
     (run / "job.sh").write_text(text)
     log = open(run / "job.log", "w")  # noqa: SIM115 - closed at teardown
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": VENV_PATH}
     job = subprocess.Popen(
         ["bash", str(run / "job.sh")],
         stdout=log,
@@ -321,7 +323,7 @@ def mlflow_job(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
         + 'echo "${HS_SERVER_PGIDS[0]}" > "$HS_RUN_DIR/mlflow.pgid"\n'
     )
     (run / "job.sh").write_text(text)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": VENV_PATH}
     for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_URI"):
         env.pop(key, None)
     proc = subprocess.run(
@@ -438,7 +440,7 @@ def test_ray_token_is_0600_whatever_the_umask(tmp_path: Path) -> None:
     token.chmod(0o644)
     proc = subprocess.run(
         ["bash", "-c", f"umask 000; {sys.executable} -m slurm.credentials ray-token {token}"],
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={**os.environ, "PYTHONPATH": str(REPO), "PATH": VENV_PATH},
         capture_output=True,
         text=True,
     )
