@@ -543,6 +543,17 @@ def output_dir(out: Path) -> Iterator[Path]:
     tmp.rename(out)
 
 
+def ray_workers_import_repo() -> None:
+    """Put this repository first on ``PYTHONPATH`` so the Ray workers a study's scan starts
+    import its families and selections (``scan.launch`` runs trials in new processes)."""
+    import os
+
+    repo = str(Path(__file__).resolve().parents[2])
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if repo not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([repo, *[p for p in paths if p]])
+
+
 def exit_on_sigterm() -> None:
     """Turn SIGTERM (what SLURM and ``kill`` send) into SystemExit so :func:`output_dir`
     removes its temporary directory instead of leaving it behind."""

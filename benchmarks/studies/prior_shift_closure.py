@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -116,9 +115,7 @@ def run(
     from scan import apply
     from scan.application import resolve_source
 
-    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
-    if str(REPO) not in paths:  # Ray workers import this repository
-        os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *[p for p in paths if p]])
+    common.ray_workers_import_repo()
     train_events = train_events or (12_000 if fast else 40_000)
     test_events = test_events or (12_000 if fast else 200_000)
     trials = trials or (2 if fast else 6)

@@ -32,7 +32,6 @@ Outputs in --out (default studies-output/recoil_regression): ``table.md``, ``tab
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -291,9 +290,7 @@ def run(
 ) -> dict[str, Any]:
     from models.metrics import recoil_scores
 
-    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
-    if str(REPO) not in paths:  # Ray workers import this repository
-        os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *[p for p in paths if p]])
+    common.ray_workers_import_repo()
     events = events or (40_000 if fast else 300_000)
     trials = trials or 10
     epochs = epochs or 10

@@ -33,7 +33,6 @@ store ``mlflow.db`` holding the registered models and the apply runs, is
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -107,9 +106,7 @@ def run(
     from scan.publish import published_models
 
     # the CMS selection and the Ray workers import from this repository
-    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
-    if str(REPO) not in paths:
-        os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *[p for p in paths if p]])
+    common.ray_workers_import_repo()
     events = events or (16_000 if fast else 200_000)
     trials = trials or (2 if fast else 6)
     epochs = epochs or (2 if fast else 10)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -134,9 +133,7 @@ def run(
     from scan import launch
     from scan.publish import trial_checkpoint
 
-    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
-    if str(REPO) not in paths:  # the Ray workers import the families from this repository
-        os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *[p for p in paths if p]])
+    common.ray_workers_import_repo()
     events = events or (20_000 if fast else 200_000)
     trials = trials or (2 if fast else 10)
     epochs = epochs or (2 if fast else 10)
