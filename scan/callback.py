@@ -270,6 +270,31 @@ def _make_callback(cfg: ScanConfig, scan_dir: Path, tracking_uri: str | None) ->
     return TrackingCallback()
 
 
+def _make_result_logger() -> Any:
+    """Tune's ``JsonLoggerCallback`` (``result.json``) without its in-session rollback.
+
+    Tune writes ``result.json`` into the driver's staging directory and copies that directory
+    to the scan directory now and then (experiment-state syncs, throttled).  When a trial
+    (re)starts from a checkpoint, Ray's logger copies the scan directory's ``result.json`` over
+    the staging one (``LoggerCallback._restore_from_remote``): right for a new driver (``hepscan
+    resume``: its staging directory is empty), wrong for a retry in the same driver, whose
+    staging file is the newer one.  The reports since the last sync were then lost for good,
+    although their checkpoint persisted (a resume does not re-run them): e.g. a trial failing
+    with ENOSPC while the sync of its previous epoch failed too lost that epoch.  Here the
+    staging file, when it exists, is kept; only a new driver restores the scan directory's copy.
+    """
+    require("ray.tune")
+    from ray.tune.logger import JsonLoggerCallback
+
+    class ResultLogger(JsonLoggerCallback):
+        def _restore_from_remote(self, file_name: str, trial: Any) -> None:
+            if Path(trial.local_path, file_name).exists():
+                return  # this driver's own file: at least as new as the synced copy
+            super()._restore_from_remote(file_name, trial)
+
+    return ResultLogger()
+
+
 def _error_text(trial: Any, full: bool = False) -> str:
     path = getattr(trial, "error_file", None) or ""
     try:

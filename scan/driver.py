@@ -54,6 +54,7 @@ from scan.callback import (
     _OUTBOXES,
     _TRACKERS,
     _make_callback,
+    _make_result_logger,
     _outbox,
     _tracker,
 )
@@ -237,14 +238,13 @@ def _tuner(cfg: ScanConfig, scan_dir: Path, tracking_uri: str | None, verbose: i
         trial_name_creator=trial_dirname,
         trial_dirname_creator=trial_dirname,
     )
-    from ray.tune.logger import JsonLoggerCallback
-
     run_config = tune.RunConfig(
         name=TUNE_DIR,
         storage_path=str(scan_dir),
         # result.json only (reports read it): Tune's default CSV and TensorBoard loggers cost
         # ~0.15 s per trial on 2 cores (benchmarks/scan_overhead.py).
-        callbacks=[JsonLoggerCallback(), _make_callback(cfg, scan_dir, tracking_uri)],
+        # (_make_result_logger: Tune's JsonLoggerCallback, keeping reports across trial retries)
+        callbacks=[_make_result_logger(), _make_callback(cfg, scan_dir, tracking_uri)],
         failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
         checkpoint_config=tune.CheckpointConfig(
             num_to_keep=2, checkpoint_frequency=1, checkpoint_at_end=True
@@ -363,7 +363,7 @@ def _run(
 
     # Snapshots after every checkpoint are wanted here (resume consistency); Tune warns about them.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # see JsonLoggerCallback in _tuner
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # see _make_result_logger in _tuner
     started_ray = _init_ray(address, scan_dir, verbose)
     key = str(scan_dir)
     try:

@@ -454,6 +454,53 @@ def _fill(path: Path) -> int:
     return n
 
 
+def test_trial_retry_keeps_the_drivers_newer_result_json(tmp_path: Path) -> None:
+    """A trial restarted in the same driver (max_failures retry) keeps the reports of its
+    staging result.json that the last (throttled or failed) sync did not copy to the scan
+    directory; a new driver (resume, empty staging directory) restores the synced copy."""
+    import pyarrow.fs
+
+    from scan.callback import _make_result_logger
+
+    class Storage:
+        def __init__(self, fs_path: Path) -> None:
+            self.trial_fs_path = str(fs_path)
+            self.storage_filesystem = pyarrow.fs.LocalFileSystem()
+
+    class Trial:  # what Tune's logger reads of a trial
+        def __init__(self, local: Path, remote: Path) -> None:
+            self.local_path, self.storage, self.config = str(local), Storage(remote), {"a": 1}
+            self.checkpoint = object()  # restored from a checkpoint
+
+        def init_local_path(self) -> None:
+            Path(self.local_path).mkdir(parents=True, exist_ok=True)
+
+    remote, staging = tmp_path / "scan" / "trial_x", tmp_path / "staging" / "trial_x"
+    remote.mkdir(parents=True)
+    staging.mkdir(parents=True)
+    lines = [json.dumps({"training_iteration": i}) for i in range(1, 6)]
+    (remote / "result.json").write_text("\n".join(lines[:4]) + "\n")  # synced after epoch 4
+    (staging / "result.json").write_text("\n".join(lines) + "\n")  # the driver saw epoch 5
+    logger = _make_result_logger()
+    trial = Trial(staging, remote)
+    logger.log_trial_start(trial)  # the retry (Ray's own logger copies the stale file here)
+    logger.log_trial_result(6, trial, {"training_iteration": 6})
+    logger.log_trial_end(trial)
+    got = [json.loads(ln)["training_iteration"] for ln in _lines(staging / "result.json")]
+    assert got == [1, 2, 3, 4, 5, 6]
+
+    fresh = Trial(tmp_path / "staging2" / "trial_x", remote)  # a new driver: hepscan resume
+    fresh.init_local_path()
+    logger.log_trial_start(fresh)
+    logger.log_trial_end(fresh)
+    got = [json.loads(ln)["training_iteration"] for ln in _lines(Path(fresh.local_path) / "result.json")]
+    assert got == [1, 2, 3, 4]
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines()
+
+
 def test_resume_drops_stale_tune_decisions(tmp_path: Path) -> None:
     """A STOP that Tune cached for a trial which failed while saving is not carried into the
     resume (it stopped the resumed trial at its first checkpoint); the rest of the state stays."""
@@ -479,13 +526,6 @@ def test_resume_drops_stale_tune_decisions(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temp file left
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="intermittent (2 of 4 runs, issue 15 item 5): Tune's result.json of the ENOSPC trial "
-    "can lack the epoch reported just before the disk filled (driver-side results synced after "
-    "the failed experiment-state sync; its checkpoint persisted, so the resume does not re-run "
-    "it); MLflow has every step (docs/faults.md)",
-)
 def test_disk_full_mid_scan_fails_clearly_and_resume_completes(
     small_fs: Path, dataset: Path, tmp_path: Path
 ) -> None:
