@@ -10,9 +10,16 @@ averaging of both optimizers can then be checked weight for weight.
 statistics are per rank under data parallelism (no SyncBatchNorm), so only without them can
 2 ranks give one process's weights; its masked loss and everything else stay.
 
-Used through the family import strings ``tests.rank_families:GAN_FIXED_NOISE`` and
-``tests.rank_families:UNFOLD_MIGRATION_NO_BN`` (Ray workers import them from the repository
-root).
+``VAE_FIXED_NOISE`` is the VAE with its reparameterisation noise set to zero (the real one
+draws ``torch.randn_like`` from the per-rank seeded generator) and its background-masked mean
+normalised by the batch's rows instead of its background rows: each rank divides by its own
+background count, a ratio whose rank average is not the global batch's (per-rank by design, like
+a per-rank batch mean); by the rows (equal on every rank) the loss is linear in the rows and the
+signal rows stay masked out.
+
+Used through the family import strings ``tests.rank_families:GAN_FIXED_NOISE``,
+``tests.rank_families:UNFOLD_MIGRATION_NO_BN`` and ``tests.rank_families:VAE_FIXED_NOISE`` (Ray
+workers import them from the repository root).
 """
 
 from __future__ import annotations
@@ -22,10 +29,10 @@ import dataclasses
 import torch
 from torch import Tensor, nn
 
-from models import gan, unfold_migration
-from models.base import DataDims
+from models import gan, unfold_migration, vae
+from models.base import DataDims, StepFn
 
-__all__ = ["GAN_FIXED_NOISE", "UNFOLD_MIGRATION_NO_BN"]
+__all__ = ["GAN_FIXED_NOISE", "UNFOLD_MIGRATION_NO_BN", "VAE_FIXED_NOISE"]
 
 
 class FixedNoiseGAN(gan.GANNet):
@@ -62,4 +69,32 @@ UNFOLD_MIGRATION_NO_BN = dataclasses.replace(
     name="unfold_migration_no_bn",
     build=_build_no_bn,
     description="unfold_migration without batch norm (tests)",
+)
+
+
+class FixedNoiseVAE(vae.VAE):
+    def training_step(
+        self,
+        batch: dict[str, Tensor],
+        optimizers: list[torch.optim.Optimizer],
+        step_fn: StepFn,
+    ) -> dict[str, float | Tensor]:
+        x = batch["x"]
+        mu, logvar = self.encode(x)
+        x_hat = self.decoder(mu)  # z = mu + 0 * sigma: zero noise
+        recon = (x_hat - x).pow(2).mean(dim=-1)
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=-1)
+        w = (batch["y"].reshape(-1) == 0).to(recon.dtype)
+        per_event = (1.0 - self.config.beta) * recon + self.config.beta * kl
+        loss = (per_event * w).sum() / len(w)  # by the rows: linear in the rows
+        step_fn(optimizers[0], loss)
+        return {"loss": loss.detach()}
+
+
+def _build_vae(config: vae.VAEConfig, dims: DataDims) -> FixedNoiseVAE:
+    return FixedNoiseVAE(config, dims)
+
+
+VAE_FIXED_NOISE = dataclasses.replace(
+    vae.FAMILY, name="vae_fixed_noise", build=_build_vae, description="VAE, zero noise (tests)"
 )

@@ -41,7 +41,9 @@ ATOL = 1e-5
 EPOCHS = 2
 GAN_FIXED = "tests.rank_families:GAN_FIXED_NOISE"
 MIGRATION_NO_BN = "tests.rank_families:UNFOLD_MIGRATION_NO_BN"
+VAE_FIXED = "tests.rank_families:VAE_FIXED_NOISE"
 SMALL_GAN = {"hidden": 16, "depth": 1, "critic_hidden": 16, "critic_depth": 1, "n_critic": 2}
+SMALL_VAE = {"hidden": 16, "depth": 1, "latent": 2}
 # Model settings: small, and no dropout/batch norm (those legitimately differ per rank).
 FAMILIES: dict[str, dict[str, Any]] = {
     "unfold_bins": {"alpha": 0.5, "batchnorm": False, "dropout": 0.0},
@@ -50,15 +52,22 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "flow": {"transforms": 2, "hidden_features": 16, "hidden_layers": 1},
     "gan": SMALL_GAN,
     GAN_FIXED: SMALL_GAN,
+    "param_classifier": {"hidden": 16, "depth": 2, "dropout": 0.0},
+    "vae": SMALL_VAE,
+    VAE_FIXED: SMALL_VAE,
+    "regression": {"hidden": 16, "depth": 2, "batchnorm": False, "dropout": 0.0},
 }
+# Families with legitimately per-rank behaviour: the real one is checked Horovod against DDP
+# (same per-rank draws), its double (tests/rank_families.py) against one process.
+PER_RANK = {"gan": GAN_FIXED, "vae": VAE_FIXED}
+# Registered families compared only through a double (per-rank batch-norm statistics).
+EXEMPT = {"unfold_migration": MIGRATION_NO_BN}
 BACKENDS = ("horovod", "ddp")
 RES_EDGES = [-0.1, -0.03, 0.0, 0.03, 0.1]
 
 
 def _add_resolution(path: Path) -> Path:
     """Give the synthetic dataset a resolution target (``res_m``) for the resolution family."""
-    import json
-
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -81,10 +90,36 @@ def _add_resolution(path: Path) -> Path:
     return path
 
 
+def _add_classify(path: Path) -> Path:
+    """Give the synthetic dataset a 0/1 label (``label``: truth mass above 91 GeV) and a mass
+    parameter (``mass``: one of three hypotheses) for param_classifier and vae, and a
+    ``regression`` section (target ``truth_m``, an existing column) for regression."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from jobs.manifest import MANIFEST_NAME, write_manifest
+
+    manifest = json.loads((path / MANIFEST_NAME).read_text())
+    rng = np.random.default_rng(11)
+    for split in manifest["splits"].values():
+        for shard in split["files"]:
+            f = path / shard["path"]
+            t = pq.read_table(f)
+            label = (t["truth_m"].to_numpy() > 91.0).astype(np.int32)
+            mass = rng.choice([80.0, 90.0, 100.0], size=len(label))
+            t = t.append_column("label", pa.array(label))
+            pq.write_table(t.append_column("mass", pa.array(mass)), f)
+    manifest["columns"].update(label="int32", mass="float64")
+    manifest["classify"] = {"label": "label", "mass": "mass"}
+    manifest["regression"] = {"target": ["truth_m"]}
+    write_manifest(path / MANIFEST_NAME, manifest)
+    return path
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = write_unfold_dataset(tmp_path_factory.mktemp("data") / "synth", rows=900, n_bins=6, seed=3)
-    return _add_resolution(d)
+    return _add_classify(_add_resolution(d))
 
 
 def _static(dataset: Path, family: str, backend: str, workers: int) -> dict[str, Any]:
@@ -144,8 +179,9 @@ def trials(
         getattr(item, "callspec", None) and item.callspec.params.get("family")
         for item in request.session.items
     }
-    if any(item.name == "test_gan_horovod_matches_ddp" for item in request.session.items):
-        wanted.add("gan")
+    for item in request.session.items:
+        if item.name.startswith("test_per_rank_family_horovod_matches_ddp"):
+            wanted.add(item.callspec.params["family"])
     statics = [_static(dataset, f, b, 2) for f in FAMILIES for b in BACKENDS if f in wanted]
     tuner = tune.Tuner(
         tune.with_resources(ScanTrainable, trial_resources(2, 1, 0)),
@@ -213,7 +249,7 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "gan"])
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f not in PER_RANK])
 def test_two_ranks_in_a_trial_match_one_process(
     trials: dict[tuple[str, str], Path], dataset: Path, tmp_path: Path, family: str, backend: str
 ) -> None:
@@ -226,12 +262,28 @@ def test_two_ranks_in_a_trial_match_one_process(
     assert _max_diff(_flat(_single(dataset, family, tmp_path / "one", EPOCHS - 1)), single) > 1e-3
 
 
-def test_gan_horovod_matches_ddp(trials: dict[tuple[str, str], Path]) -> None:
-    """The real GAN (per-rank noise): both backends draw the same per-rank numbers, so their
-    two optimizers' averaged gradients give the same weights."""
-    hvd, ddp = _flat(trials["gan", "horovod"]), _flat(trials["gan", "ddp"])
-    assert len({k.split(".")[0] for k in hvd if k.startswith("opt")}) == 2
+@pytest.mark.parametrize("family", list(PER_RANK))
+def test_per_rank_family_horovod_matches_ddp(
+    trials: dict[tuple[str, str], Path], family: str
+) -> None:
+    """The real GAN and VAE (per-rank noise): both backends draw the same per-rank numbers, so
+    their optimizers' averaged gradients give the same weights (the GAN's two optimizers)."""
+    hvd, ddp = _flat(trials[family, "horovod"]), _flat(trials[family, "ddp"])
+    n_opt = len({k.split(".")[0] for k in hvd if k.startswith("opt")})
+    assert n_opt == (2 if family == "gan" else 1)
     assert _max_diff(hvd, ddp) < ATOL
+
+
+def test_every_registered_family_is_covered() -> None:
+    """A new registered family must join FAMILIES (or EXEMPT, naming its double): none escapes
+    the rank-equivalence check."""
+    from models.registry import REGISTRY
+
+    covered = set(FAMILIES) | set(EXEMPT)
+    assert sorted(set(REGISTRY) - covered) == []
+    for name, double in {**EXEMPT, **PER_RANK}.items():
+        assert name in REGISTRY and double in FAMILIES, name
+    assert set(EXEMPT).isdisjoint(FAMILIES)
 
 
 # ---------------------------------------------------------------------------- a rank dies
