@@ -19,7 +19,8 @@ a GPU by accident and ranks of one trial can use NCCL peer-to-peer.
 Worker start-up (processes, imports, rendezvous) costs seconds while a tiny trial trains in
 fractions of one, so the trainable is reused between trials (``reuse_actors=True``,
 :meth:`ScanTrainable.reset_config`) and keeps its rank group alive: a new trial only builds a new
-``TrainSession`` on the same ranks (Horovod stays initialised, the DDP process group stays up).
+``TrainSession`` on the same ranks (Horovod stays initialised, the DDP process group stays up);
+only a trial whose group settings (:data:`GROUP_KEYS`) differ gets a new trainable.
 
 Faults: a rank that raises or dies (its process killed, its node lost) fails the trial at once
 instead of leaving the other ranks blocked: the groups collect the ranks' futures with
@@ -398,6 +399,15 @@ def _make_group(static: dict[str, Any]) -> Any:
     return _DdpGroup(workers, cpus, gpus, timeout)
 
 
+# The settings a rank group is made for; any other setting (family, dataset, fixed training
+# settings) is the trial's and goes to the session each trial builds on the group's ranks.
+GROUP_KEYS = ("workers", "cpus_per_worker", "gpus_per_worker", "backend", "collective_timeout_s")
+
+
+def _group_shape(static: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(static.get(k) for k in GROUP_KEYS)
+
+
 class ScanTrainable(tune.Trainable):
     """One trial; reused for the next trial through :meth:`reset_config`."""
 
@@ -470,7 +480,7 @@ class ScanTrainable(tune.Trainable):
         self._started = False  # the next step sets the session up from these files
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
-        if new_config[STATIC_KEY] != self._static:
+        if _group_shape(new_config[STATIC_KEY]) != _group_shape(self._static):
             return False
         self._configure(new_config)
         return True

@@ -493,7 +493,10 @@ def test_trial_retry_keeps_the_drivers_newer_result_json(tmp_path: Path) -> None
     fresh.init_local_path()
     logger.log_trial_start(fresh)
     logger.log_trial_end(fresh)
-    got = [json.loads(ln)["training_iteration"] for ln in _lines(Path(fresh.local_path) / "result.json")]
+    got = [
+        json.loads(ln)["training_iteration"]
+        for ln in _lines(Path(fresh.local_path) / "result.json")
+    ]
     assert got == [1, 2, 3, 4]
 
 
