@@ -18,8 +18,8 @@ A rank that dies mid-trial (SIGKILL; or SIGSTOP, noticed by the collective timeo
 trial at once, Tune retries it from its last checkpoint and the scan goes on: one DDP scan
 (first trial SIGKILL, second SIGSTOP) and one Horovod scan (SIGKILL).
 
-Run: ``flock /tmp/heavy.lock python -m pytest -q tests/test_rank_groups.py`` (one Tune run of
-18 trials on 2 rank groups, two rank-kill scans; ~2-3 min on 2 CPUs).
+Run: ``flock /tmp/heavy.lock python -m pytest -q tests/test_rank_groups.py`` (two Tune runs
+of 10 trials, one rank group each, two rank-kill scans; ~2-3 min on 2 CPUs).
 """
 
 from __future__ import annotations
@@ -175,7 +175,8 @@ def trials(
     tmp_path_factory: pytest.TempPathFactory,
     request: pytest.FixtureRequest,
 ) -> dict[tuple[str, str], Path]:
-    """One Tune run of 2-rank trials (family x backend); their final checkpoints' last.pt.
+    """Two Tune runs (Horovod, DDP) of 2-rank trials, one per family; their final checkpoints'
+    last.pt.
     Only the families of the selected tests run (``-k resolution`` trains 2 trials)."""
     from ray import tune
 
@@ -189,34 +190,34 @@ def trials(
     for item in request.session.items:
         if item.name.startswith("test_per_rank_family_horovod_matches_ddp"):
             wanted.add(item.callspec.params["family"])
-    # backend outermost: the families of one backend run one after the other on ONE rank group
-    # (reuse_actors: the trainable keeps its ranks while the group settings stay the same)
-    statics = [_static(dataset, f, b, 2) for b in BACKENDS for f in FAMILIES if f in wanted]
-    tuner = tune.Tuner(
-        tune.with_resources(ScanTrainable, trial_resources(2, 1, 0)),
-        param_space={STATIC_KEY: tune.grid_search(statics)},
-        tune_config=tune.TuneConfig(
-            max_concurrent_trials=1,
-            reuse_actors=True,
-            trial_name_creator=trial_dirname,
-            trial_dirname_creator=trial_dirname,
-        ),
-        run_config=tune.RunConfig(
-            storage_path=str(tmp_path_factory.mktemp("tune")),
-            stop={"training_iteration": EPOCHS},
-            checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=True),
-            failure_config=tune.FailureConfig(fail_fast=True),
-            verbose=0,
-        ),
-    )
-    grid = tuner.fit()
     out, pids = {}, {}
-    for r in grid:
-        assert r.error is None, r.error
-        static = r.config[STATIC_KEY]
-        assert r.metrics["training_iteration"] == EPOCHS
-        out[static["family"], static["backend"]] = Path(r.checkpoint.path) / "last.pt"
-        pids.setdefault(static["backend"], set()).add(r.metrics["pid"])
+    for backend in BACKENDS:
+        # One Tune run per backend: its families run one after the other on ONE rank group
+        # (reuse_actors: the trainable keeps its ranks while the group settings stay the same).
+        statics = [_static(dataset, f, backend, 2) for f in FAMILIES if f in wanted]
+        tuner = tune.Tuner(
+            tune.with_resources(ScanTrainable, trial_resources(2, 1, 0)),
+            param_space={STATIC_KEY: tune.grid_search(statics)},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=1,
+                reuse_actors=True,
+                trial_name_creator=trial_dirname,
+                trial_dirname_creator=trial_dirname,
+            ),
+            run_config=tune.RunConfig(
+                storage_path=str(tmp_path_factory.mktemp("tune")),
+                stop={"training_iteration": EPOCHS},
+                checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=True),
+                failure_config=tune.FailureConfig(fail_fast=True),
+                verbose=0,
+            ),
+        )
+        for r in tuner.fit():
+            assert r.error is None, r.error
+            static = r.config[STATIC_KEY]
+            assert r.metrics["training_iteration"] == EPOCHS
+            out[static["family"], backend] = Path(r.checkpoint.path) / "last.pt"
+            pids.setdefault(backend, set()).add(r.metrics["pid"])
     # one trainable (and so one rank group) per backend trained all its families
     assert all(len(p) == 1 for p in pids.values()), pids
     return out
