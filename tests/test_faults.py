@@ -535,10 +535,8 @@ def test_disk_full_mid_scan_fails_clearly_and_resume_completes(
     from scan.lock import HOLDER_FILE
     from scan.state import load_saved_config
 
-    n_trials, epochs = (
-        2,
-        6,
-    )  # the fill comes after 3 reports: the first trial fails, the other waits
+    # the disk fills after 3 reports: the first trial fails, the second has not started
+    n_trials, epochs = 2, 6
     cfg = write_cfg(tmp_path, scan_cfg(dataset, num_trials=n_trials, max_epochs=epochs))
     scan_dir = small_fs / "scan"
     proc = subprocess.Popen(
