@@ -180,6 +180,12 @@ def dask_job(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
         log.close()
 
 
+def _said(what: str, exc: BaseException) -> None:
+    """The refusal, as the test output's record (-s) of what a client without credentials gets."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    print(f"refused ({what}): {type(exc).__name__}: {first[:300]}")
+
+
 def _collect_failed_clients() -> None:
     """Finalise the half-built Client a refused connection leaves behind, now: collected later,
     its ``__del__`` can run inside the next Client's start and deadlock on distributed's loop
@@ -221,25 +227,30 @@ def test_dask_plain_tcp_client_is_refused(dask_job: dict[str, Any]) -> None:
     from distributed import Client
 
     plain = dask_job["address"].replace("tls://", "tcp://")
-    with pytest.raises(OSError, match="Connection reset by peer|closed|Timed out"):
+    with pytest.raises(OSError, match="Connection reset by peer|closed|Timed out") as info:
         Client(plain, timeout=5)
+    _said("plain tcp:// client", info.value)
     _collect_failed_clients()
 
 
 def test_dask_tls_client_without_certificates_is_refused(dask_job: dict[str, Any]) -> None:
     from distributed import Client
 
-    with pytest.raises(TypeError, match="TLS expects a `ssl_context` argument"):
+    with pytest.raises(TypeError, match="TLS expects a `ssl_context` argument") as info:
         Client(dask_job["address"], timeout=5)
+    _said("tls:// client without certificates", info.value)
     _collect_failed_clients()
     # what `hepscan preprocess --scheduler tls://...` says outside the job
     from jobs.preprocess.driver import _dask_client
 
     with (
-        pytest.raises(ConfigError, match="a tls:// scheduler needs the job's TLS credentials"),
+        pytest.raises(
+            ConfigError, match="a tls:// scheduler needs the job's TLS credentials"
+        ) as refused,
         _dask_client(dask_job["address"], None, 1),
     ):
         pass
+    _said("hepscan preprocess --scheduler tls://... outside the job", refused.value)
     _collect_failed_clients()
 
 
@@ -250,8 +261,9 @@ def test_dask_client_with_another_ca_is_refused(dask_job: dict[str, Any], tmp_pa
     from jobs.preprocess.security import security, write_credentials
 
     mine = write_credentials(tmp_path / "attacker")
-    with pytest.raises(OSError, match="TLS certificate does not match"):
+    with pytest.raises(OSError, match="TLS certificate does not match") as info:
         Client(dask_job["address"], security=security(mine.directory), timeout=5)
+    _said("client with another CA", info.value)
     _collect_failed_clients()
     with _tls_client(dask_job) as client:  # and the job's own clients still work
         assert client.submit(len, "abc").result(timeout=30) == 3
@@ -369,6 +381,7 @@ def test_mlflow_unauthenticated_request_is_refused(mlflow_job: dict[str, Any]) -
     code, body = _get(mlflow_job["url"] + SEARCH)
     assert code == 401, body
     assert "You are not authenticated" in body
+    print(f"refused (MLflow REST without credentials): HTTP {code} {body.strip()}")
     user = mlflow_job["creds"]["MLFLOW_TRACKING_USERNAME"]
     code, body = _get(mlflow_job["url"] + SEARCH, (user, "not-the-password"))
     assert code == 401, body
@@ -400,6 +413,7 @@ def test_scan_tracker_works_through_env_credentials(
     ) as info:
         _client(mlflow_job["url"]).search_experiments()
     mlflow_job["refusal_client"] = str(info.value)
+    _said("MLflow client without credentials", info.value)
     for key, value in mlflow_job["creds"].items():
         monkeypatch.setenv(key, value)
     tracker = ScanTracker(tmp_path / "scan", tracking_uri=mlflow_job["url"], experiment="auth-env")
