@@ -241,9 +241,9 @@ def _tuner(cfg: ScanConfig, scan_dir: Path, tracking_uri: str | None, verbose: i
     run_config = tune.RunConfig(
         name=TUNE_DIR,
         storage_path=str(scan_dir),
-        # result.json only (reports read it): Tune's default CSV and TensorBoard loggers cost
-        # ~0.15 s per trial on 2 cores (benchmarks/scan_overhead.py).
-        # (_make_result_logger: Tune's JsonLoggerCallback, keeping reports across trial retries)
+        # result.json only (reports read it; Tune's JsonLoggerCallback, keeping its reports
+        # across trial retries): Tune's default CSV and TensorBoard loggers cost ~0.15 s per
+        # trial on 2 cores (benchmarks/scan_overhead.py).
         callbacks=[_make_result_logger(), _make_callback(cfg, scan_dir, tracking_uri)],
         failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
         checkpoint_config=tune.CheckpointConfig(

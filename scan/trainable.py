@@ -20,7 +20,8 @@ Worker start-up (processes, imports, rendezvous) costs seconds while a tiny tria
 fractions of one, so the trainable is reused between trials (``reuse_actors=True``,
 :meth:`ScanTrainable.reset_config`) and keeps its rank group alive: a new trial only builds a new
 ``TrainSession`` on the same ranks (Horovod stays initialised, the DDP process group stays up);
-only a trial whose group settings (:data:`GROUP_KEYS`) differ gets a new trainable.
+only the group settings (:data:`GROUP_KEYS`) must match, so trials of other families or
+training settings reuse the same ranks too.
 
 Faults: a rank that raises or dies (its process killed, its node lost) fails the trial at once
 instead of leaving the other ranks blocked: the groups collect the ranks' futures with
