@@ -154,6 +154,10 @@ def _client(tracking_uri: str) -> MlflowClient:
         if tracking_uri.startswith("sqlite:"):
             import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
 
+        if redact_uri(tracking_uri) != tracking_uri:
+            # MLflow prints "View run ... at: <tracking URI>/#/..." to stdout when a run ends
+            # on an HTTP server: with user:password@ in the URI, the password in the job log.
+            os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         client: MlflowClient = mlflow.MlflowClient(tracking_uri=tracking_uri)
         return client
 
