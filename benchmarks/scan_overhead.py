@@ -1,169 +1,494 @@
-"""Scan overhead: 32 trials of a fixed 1-second CPU workload at concurrency 2.
+"""Scan overhead on the real path: hepscan's ``scan.launch`` vs plain Ray Tune, same CPU work.
 
 .. code-block:: bash
 
-    python benchmarks/scan_overhead.py            # Ray Tune (as scans run it) + plain Optuna
-    python benchmarks/scan_overhead.py --trials 16
+    python benchmarks/scan_overhead.py                  # Horovod ranks, ~4 min on 2 cores
+    python benchmarks/scan_overhead.py --backend ddp    # torch DDP ranks
+    python benchmarks/scan_overhead.py --quick          # fewer trials/epochs, ~1.5 min
+    python benchmarks/scan_overhead.py --smoke --no-peer  # the test's mode (tests/test_benchmarks.py)
 
-Ray Tune runs the trials the way ``scan.driver`` does: a class Trainable reused between trials
-(``reuse_actors=True``), ``OptunaSearch`` (seeded TPE, define-by-run space),
-``max_concurrent_trials=2`` and only the JSON result logger, one CPU per trial on a local
-2-CPU Ray (MLflow logging is not included). The timer starts at
-``Tuner.fit()`` (Ray start-up excluded, reported separately). Plain Optuna runs the same workload
-in-process with ``study.optimize(n_jobs=2)``. The workload spins the CPU for 1 s of wall time,
-so the ideal wall time is ``trials / 2`` seconds. Last line: ``ratio=<Tune wall / ideal>``
-(goal <= 1.10).
+**Workload.** A scan of ``--trials`` trials of the benchmark family
+:mod:`benchmarks.cpu_family` (a user plug-in family, reached by its import string), each trial
+2 ranks (``resources: {workers: 2, cpus_per_worker: 1}``, one placement group per trial) on a
+2-CPU local Ray, searcher TPE (OptunaSearch), ASHA (``grace_period=1``,
+``reduction_factor=2``, ``max_t=--epochs``), a checkpoint after every epoch, every trial an MLflow
+child run (sqlite store). An epoch is ``steps`` SGD steps of a fixed-size MLP on every rank
+(:mod:`benchmarks.cpu_work`), with the backend's gradient all-reduce at every step.
+
+**Calibration (same run, first).** Two bare processes (no Ray, one torch thread each, running at
+the same time as the two ranks do) time the MLP step; ``steps`` is set so an epoch is
+``--epoch-s`` (default 1 s) of work per rank; then both run 3 epochs of ``steps`` steps and the
+median is the *measured epoch time* ``E``.
+
+**Ideal and concurrency.** A trial holds 2 CPUs (2 ranks x 1 CPU) and the machine has 2, so
+one trial runs at a time: the trial concurrency is 1 while both cores work (a rank is the unit
+of CPU concurrency, and the calibration already ran its 2 ranks side by side). Ideal wall time
+= (epochs actually run, summed over trials; ASHA decides how many) x ``E`` / 1.
+``ratio = wall / ideal``; wall time runs from before ``ray.init`` to after ``ray.shutdown`` and
+includes the MLflow parent-run set-up, and everything else ``scan.launch`` does.
+
+**Peer.** Plain Ray Tune on the same workload: ``tune.Tuner`` + ``OptunaSearch`` (TPE, same
+seed) + the same ASHA, a hand-written class trainable that starts the same 2 ranks (Horovod's
+``RayExecutor`` or 2 DDP actors) in its placement group, runs the same ``work_epoch``,
+checkpoints every epoch (``torch.save`` of rank 0's state) and logs to MLflow with Ray's
+``MLflowLoggerCallback``; ``reuse_actors=True``; no hepscan import. Its ratio is printed as
+``peer ratio``.
+
+**Breakdown** (both sides, from the per-epoch work timestamps in ``result.json``): cluster start
+(``ray.init``), set-up before the first trial (hepscan: config, MLflow parent run, Tuner), first
+trial start (trial actor + rank group + session until the first step), mean start of later trials
+(last step of one trial to first step of the next), mean per-epoch gap (report + checkpoint +
+MLflow + validation between two epochs of a trial), shutdown (last step to return).
+Last line: ``ratio=<hepscan wall / ideal>`` (goal <= 1.10 and below the peer's).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import multiprocessing as mp
 import os
+import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-WORK_S = 1.0
-
-
-def workload(x: float) -> float:
-    """Spin the CPU for WORK_S seconds of wall time; returns a deterministic score."""
-    end = time.perf_counter() + WORK_S
-    acc = 0.0
-    while time.perf_counter() < end:
-        for _ in range(1000):
-            acc += 1e-9
-    return (x - 0.3) ** 2
+FAMILY = "benchmarks.cpu_family:FAMILY"
+WIDTH, DEPTH, ROWS = 256, 3, 2048
+SEED = 0
 
 
-def run_tune(trials: int, concurrency: int, storage: str) -> tuple[float, float, dict[str, float]]:
-    import ray
-    from ray import tune
-    from ray.tune.logger import JsonLoggerCallback
-    from ray.tune.search.optuna import OptunaSearch
-
-    from scan.config import load_scan_config
-    from scan.space import DefineByRun, make_sampler
-
-    # As scan.driver runs Tune: JSON results only (no CSV/TensorBoard loggers).
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    t0 = time.perf_counter()
-    ray.init(num_cpus=concurrency, include_dashboard=False, log_to_driver=False)
-    t_init = time.perf_counter() - t0
-
-    class OneSecond(tune.Trainable):
-        def setup(self, config: dict[str, Any]) -> None:
-            self.x = float(config["x"])
-
-        def step(self) -> dict[str, Any]:
-            start = time.time()
-            score = workload(self.x)
-            return {"score": score, "work_start": start, "work_end": time.time(), "done": True}
-
-        def reset_config(self, new_config: dict[str, Any]) -> bool:
-            self.x = float(new_config["x"])
-            return True
-
-        def save_checkpoint(self, checkpoint_dir: str) -> None:
-            return None
-
-        def load_checkpoint(self, checkpoint: Any) -> None:
-            pass
-
-    cfg = load_scan_config(
-        {
-            "dataset": ".",
-            "family": "unfold_bins",
-            "search_space": {"x": ["uniform", 0.0, 1.0]},
-            "objective": {"metric": "val_loss"},
-            "seed": 0,
-        },
-        check_registry=False,
-    )
-    searcher = OptunaSearch(
-        space=DefineByRun(cfg.space), metric="score", mode="min", sampler=make_sampler(cfg)
-    )
-    tuner = tune.Tuner(
-        tune.with_resources(OneSecond, {"cpu": 1}),
-        tune_config=tune.TuneConfig(
-            search_alg=searcher,
-            num_samples=trials,
-            max_concurrent_trials=concurrency,
-            reuse_actors=True,
-        ),
-        run_config=tune.RunConfig(
-            name="overhead", storage_path=storage, verbose=0, callbacks=[JsonLoggerCallback()]
-        ),
-    )
-    fit_start = time.time()
-    t0 = time.perf_counter()
-    grid = tuner.fit()
-    wall = time.perf_counter() - t0
-    assert len(grid) == trials and not grid.errors, grid.errors
-    ray.shutdown()
-    return wall, t_init, _breakdown(grid.get_dataframe(), fit_start, wall, concurrency)
+# -- calibration -------------------------------------------------------------------------------
 
 
-def _breakdown(df: Any, fit_start: float, wall: float, concurrency: int) -> dict[str, float]:
-    """Where the wall time beyond the workload went: start-up, gaps between trials, the end."""
-    starts = sorted(float(x) - fit_start for x in df["work_start"])
-    ends = sorted(float(x) - fit_start for x in df["work_end"])
-    # with c slots the (k + c)-th trial starts when the k-th one has ended and freed its slot
-    gaps = [s - e for s, e in zip(starts[concurrency:], ends, strict=False)]
+def _bare_rank(args: tuple[int, int, int]) -> list[float]:
+    """One bare process: per-step time (steps=0) or the wall times of ``epochs`` epochs."""
+    steps, epochs, _rank = args
+    import torch
+
+    from benchmarks.cpu_work import make_mlp, work_epoch
+
+    torch.set_num_threads(1)
+    net, x, y = make_mlp(WIDTH, DEPTH, ROWS)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+
+    def step(loss: torch.Tensor) -> None:
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    work_epoch(net, x, y, 5, step)  # warm-up
+    if steps == 0:
+        _, t0, t1 = work_epoch(net, x, y, 30, step)
+        return [(t1 - t0) / 30]
+    out = []
+    for _ in range(epochs):
+        _, t0, t1 = work_epoch(net, x, y, steps, step)
+        out.append(t1 - t0)
+    return out
+
+
+def calibrate(epoch_s: float, ranks: int = 2) -> tuple[int, float]:
+    """(steps per epoch, measured epoch time E) with ``ranks`` bare processes side by side."""
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(ranks) as pool:
+        per_step = max(r[0] for r in pool.map(_bare_rank, [(0, 0, i) for i in range(ranks)]))
+        steps = max(1, round(epoch_s / per_step))
+        runs = pool.map(_bare_rank, [(steps, 3, i) for i in range(ranks)])
+    # an epoch of the group ends when its slowest rank ends
+    epoch = statistics.median(max(r[i] for r in runs) for i in range(3))
+    return steps, epoch
+
+
+# -- breakdown -----------------------------------------------------------------------------------
+
+
+def read_results(storage: Path) -> list[dict[str, Any]]:
+    """Every reported epoch (Tune's result.json lines) under ``storage``."""
+    rows = []
+    for f in storage.rglob("result.json"):
+        for line in f.read_text().splitlines():
+            if line.strip():
+                rows.append(json.loads(line))
+    return rows
+
+
+def breakdown(rows: list[dict[str, Any]], t_start: float, t_end: float) -> dict[str, float]:
+    """Work and the gaps around it; times are ``time.time()``."""
+    trials: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        trials.setdefault(r["trial_id"], []).append(r)
+    spans = []  # (first step, last step end, per-epoch gaps)
+    for epochs in trials.values():
+        epochs.sort(key=lambda r: r["training_iteration"])
+        t0 = [float(r["train_t0"]) for r in epochs]
+        t1 = [float(r["train_t1"]) for r in epochs]
+        spans.append((t0[0], t1[-1], [a - b for a, b in zip(t0[1:], t1[:-1], strict=True)]))
+    spans.sort()
+    starts = [b[0] - a[1] for a, b in zip(spans[:-1], spans[1:], strict=True)]
+    gaps = [g for s in spans for g in s[2]]
     return {
-        "first_start": starts[0],
-        "mean_gap": sum(gaps) / max(len(gaps), 1),
-        "after_last": wall - ends[-1],
+        "epochs": float(len(rows)),
+        "trials": float(len(trials)),
+        "work": sum(float(r["train_t1"]) - float(r["train_t0"]) for r in rows),
+        "first_start": spans[0][0] - t_start,
+        "trial_start": statistics.mean(starts) if starts else 0.0,
+        "trial_start_total": sum(starts),
+        "epoch_gap": statistics.mean(gaps) if gaps else 0.0,
+        "epoch_gap_total": sum(gaps),
+        "shutdown": t_end - max(s[1] for s in spans),
     }
 
 
-def run_optuna(trials: int, concurrency: int) -> float:
+def report(
+    name: str, wall: float, parts: dict[str, float], marks: dict[str, float], e: float
+) -> float:
+    ideal = parts["epochs"] * e
+    print(
+        f"{name}: wall={wall:.2f}s trials={parts['trials']:.0f} epochs={parts['epochs']:.0f} "
+        f"ideal={ideal:.2f}s work={parts['work']:.2f}s ({parts['work'] / parts['epochs']:.3f}s/epoch)"
+    )
+    print(f"  cluster start (ray.init): {marks.get('ray_init', float('nan')):.2f}s")
+    if "setup" in marks:
+        print(
+            f"  set-up before Tuner.fit (config, MLflow parent run, Tuner): {marks['setup']:.2f}s"
+        )
+    print(
+        f"  first trial start (from t=0; trial actor + rank group + session): "
+        f"{parts['first_start']:.2f}s"
+    )
+    print(
+        f"  per-trial start (later trials, last step to next first step): "
+        f"{parts['trial_start'] * 1000:.0f}ms mean, {parts['trial_start_total']:.2f}s total"
+    )
+    print(
+        f"  per-epoch report + checkpoint + MLflow + validation: {parts['epoch_gap'] * 1000:.0f}ms "
+        f"mean, {parts['epoch_gap_total']:.2f}s total"
+    )
+    print(f"  shutdown (last step to return, incl. ray.shutdown): {parts['shutdown']:.2f}s")
+    return wall / ideal
+
+
+# -- hepscan -------------------------------------------------------------------------------------
+
+
+def run_hepscan(
+    args: argparse.Namespace, steps: int, tmp: Path, dataset: Path
+) -> tuple[float, dict[str, float], dict[str, float]]:
+    import scan.driver as driver
+    from scan import launch
+
+    marks: dict[str, float] = {}
+    init_ray, make_tuner = driver._init_ray, driver._tuner
+
+    def timed_init(*a: Any, **k: Any) -> bool:
+        t = time.time()
+        try:
+            return init_ray(*a, **k)
+        finally:
+            marks["ray_init"] = time.time() - t
+            marks["ray_up"] = time.time()
+
+    def timed_tuner(*a: Any, **k: Any) -> Any:
+        out = make_tuner(*a, **k)
+        marks["setup"] = time.time() - marks["ray_up"]
+        return out
+
+    driver._init_ray, driver._tuner = timed_init, timed_tuner  # timing only
+    os.environ["HEPSCAN_RAY_CPUS"] = "2"
+    cfg = {
+        "name": "overhead",
+        "dataset": str(dataset),
+        "family": FAMILY,
+        "search_space": {"x": {"type": "uniform", "low": 0.0, "high": 1.0}},
+        "fixed": {
+            "steps": steps,
+            "width": WIDTH,
+            "depth": DEPTH,
+            "rows": ROWS,
+            "batch_size": 4096,  # one batch per rank per epoch; the family does the steps
+            "lr": 0.01,
+            "patience": 0,
+        },
+        "objective": {"metric": "val_loss", "mode": "min"},
+        "searcher": "tpe",
+        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+        "num_trials": args.trials,
+        "concurrency": 1,
+        "resources": {"workers": 2, "cpus_per_worker": 1},
+        "backend": args.backend,
+        "max_epochs": args.epochs,
+        "seed": SEED,
+    }
+    scan_dir = tmp / "hepscan"
+    t_start = time.time()
+    try:
+        launch(cfg, scan_dir=scan_dir, tracking_uri=f"sqlite:///{tmp / 'hepscan.db'}", verbose=0)
+    finally:
+        driver._init_ray, driver._tuner = init_ray, make_tuner
+    t_end = time.time()
+    return t_end - t_start, breakdown(read_results(scan_dir), t_start, t_end), marks
+
+
+# -- plain Ray Tune ------------------------------------------------------------------------------
+
+
+class _PlainRank:
+    """One rank of the plain trainable (Horovod executable or DDP actor)."""
+
+    def __init__(self, backend: str = "horovod", rank: int = 0, world: int = 1) -> None:
+        self.backend, self.rank, self.world = backend, rank, world
+
+    def init_ddp(self, addr: str, port: int) -> None:
+        import torch.distributed as dist
+
+        dist.init_process_group(
+            "gloo", init_method=f"tcp://{addr}:{port}", rank=self.rank, world_size=self.world
+        )
+
+    def address(self) -> tuple[str, int]:
+        import socket
+
+        import ray
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            return ray.util.get_node_ip_address(), int(s.getsockname()[1])
+
+    def build(self, config: dict[str, Any], state: dict[str, Any] | None) -> None:
+        import torch
+
+        from benchmarks.cpu_work import make_mlp
+
+        torch.set_num_threads(1)
+        net, self.x, self.y = make_mlp(WIDTH, DEPTH, ROWS)
+        if state is not None:
+            net.load_state_dict(state)
+        opt = torch.optim.SGD(net.parameters(), lr=config["lr"])
+        if self.backend == "horovod":
+            import horovod.torch as hvd
+
+            hvd.init()
+            hvd.broadcast_parameters(net.state_dict(), root_rank=0)
+            opt = hvd.DistributedOptimizer(opt, named_parameters=net.named_parameters())
+            self.model = net
+        else:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.model = DistributedDataParallel(net)
+        self.net, self.opt, self.xval = net, opt, float(config["x"])
+
+    def epoch(self, steps: int) -> dict[str, float]:
+        from benchmarks.cpu_work import work_epoch
+
+        def step(loss: Any) -> None:
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+
+        loss, t0, t1 = work_epoch(self.model, self.x, self.y, steps, step)
+        return {
+            "val_loss": (self.xval - 0.3) ** 2,
+            "train_loss": loss,
+            "train_t0": t0,
+            "train_t1": t1,
+        }
+
+    def state(self) -> dict[str, Any]:
+        return {k: v.clone() for k, v in self.net.state_dict().items()}
+
+
+def _plain_trainable(backend: str, steps: int) -> Any:
+    import ray
+    from ray import tune
+
+    class Plain(tune.Trainable):
+        group: list[Any] | None = None
+        executor: Any = None
+
+        def setup(self, config: dict[str, Any]) -> None:
+            self.config_ = config
+            self.state_: dict[str, Any] | None = None
+            self.built = False
+            if backend == "horovod":
+                from horovod.ray import RayExecutor
+
+                self.executor = RayExecutor(
+                    RayExecutor.create_settings(timeout_s=60),
+                    num_workers=2,
+                    cpus_per_worker=1,
+                    use_gpu=False,
+                    use_current_placement_group=True,
+                )
+                self.executor.start(
+                    executable_cls=_PlainRank, executable_kwargs={"backend": "horovod"}
+                )
+            else:
+                from ray.util.placement_group import get_current_placement_group
+                from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+                strategy = PlacementGroupSchedulingStrategy(get_current_placement_group())
+                remote: Any = ray.remote(_PlainRank)
+                self.group = [
+                    remote.options(num_cpus=1, scheduling_strategy=strategy).remote("ddp", r, 2)
+                    for r in range(2)
+                ]
+                addr, port = ray.get(self.group[0].address.remote())
+                ray.get([a.init_ddp.remote(addr, port) for a in self.group])
+
+        def _call(self, method: str, *a: Any) -> list[Any]:
+            if self.executor is not None:
+                return list(self.executor.execute(lambda w: getattr(w, method)(*a)))
+            assert self.group is not None
+            return list(ray.get([getattr(w, method).remote(*a) for w in self.group]))
+
+        def step(self) -> dict[str, Any]:
+            if not self.built:
+                self._call("build", self.config_, self.state_)
+                self.built = True
+            out = self._call("epoch", steps)
+            return {
+                **out[0],
+                "train_t0": sum(o["train_t0"] for o in out) / len(out),
+                "train_t1": sum(o["train_t1"] for o in out) / len(out),
+            }
+
+        def save_checkpoint(self, checkpoint_dir: str) -> None:
+            import torch
+
+            state = (
+                self.executor.execute_single(lambda w: w.state())
+                if self.executor is not None
+                else ray.get(self.group[0].state.remote())  # type: ignore[index]
+            )
+            torch.save(state, Path(checkpoint_dir, "model.pt"))
+
+        def load_checkpoint(self, checkpoint_dir: str) -> None:
+            import torch
+
+            self.state_ = torch.load(Path(checkpoint_dir, "model.pt"))
+            self.built = False
+
+        def reset_config(self, new_config: dict[str, Any]) -> bool:
+            self.config_, self.state_, self.built = new_config, None, False
+            return True
+
+        def cleanup(self) -> None:
+            if self.executor is not None:
+                self.executor.shutdown()
+            for a in self.group or []:
+                ray.kill(a)
+
+    return tune.with_resources(
+        Plain, tune.PlacementGroupFactory([{"CPU": 0}, {"CPU": 1}, {"CPU": 1}])
+    )
+
+
+def run_plain(
+    args: argparse.Namespace, steps: int, tmp: Path
+) -> tuple[float, dict[str, float], dict[str, float]]:
     import optuna
+    import ray
+    from ray import tune
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
-    t0 = time.perf_counter()
-    study.optimize(
-        lambda t: workload(t.suggest_float("x", 0, 1)), n_trials=trials, n_jobs=concurrency
+    marks: dict[str, float] = {}
+    storage = tmp / "plain"
+    t_start = time.time()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    marks["ray_init"] = time.time() - t_start
+    tuner = tune.Tuner(
+        _plain_trainable(args.backend, steps),
+        param_space={"x": tune.uniform(0.0, 1.0), "lr": 0.01},
+        tune_config=tune.TuneConfig(
+            search_alg=OptunaSearch(
+                metric="val_loss", mode="min", sampler=optuna.samplers.TPESampler(seed=SEED)
+            ),
+            scheduler=ASHAScheduler(
+                time_attr="training_iteration",
+                metric="val_loss",
+                mode="min",
+                max_t=args.epochs,
+                grace_period=1,
+                reduction_factor=2,
+            ),
+            num_samples=args.trials,
+            max_concurrent_trials=1,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name="plain",
+            storage_path=str(storage),
+            callbacks=[
+                MLflowLoggerCallback(
+                    tracking_uri=f"sqlite:///{tmp / 'plain.db'}", experiment_name="plain"
+                )
+            ],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_frequency=1),
+            stop={"training_iteration": args.epochs},
+            verbose=0,
+        ),
     )
-    return time.perf_counter() - t0
+    grid = tuner.fit()
+    errors = grid.errors
+    ray.shutdown()
+    t_end = time.time()
+    if errors:
+        raise RuntimeError(f"plain Tune trials failed: {errors}")
+    return t_end - t_start, breakdown(read_results(storage), t_start, t_end), marks
 
 
-def main() -> None:
-    import tempfile
+# -- main ----------------------------------------------------------------------------------------
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--trials", type=int, default=32)
-    ap.add_argument("--concurrency", type=int, default=2)
-    args = ap.parse_args()
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--backend", choices=["horovod", "ddp"], default="horovod")
+    ap.add_argument("--trials", type=int, default=16)
+    ap.add_argument("--epochs", type=int, default=8, help="max epochs per trial (ASHA max_t)")
+    ap.add_argument("--epoch-s", type=float, default=1.0, help="work per rank per epoch")
+    ap.add_argument("--quick", action="store_true", help="8 trials x up to 4 epochs")
+    ap.add_argument("--smoke", action="store_true", help="2 trials x 2 epochs of 0.2 s (tests)")
+    ap.add_argument("--no-peer", action="store_true", help="skip plain Ray Tune")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.trials, args.epochs = 8, 4
+    if args.smoke:
+        args.trials, args.epochs, args.epoch_s = 2, 2, 0.2
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ideal = args.trials * WORK_S / args.concurrency
+    # Ray workers (trial actors, ranks) import this checkout: the family and the plain trainable.
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if str(REPO) not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *paths])
+
+    from jobs.train_synthetic import write_unfold_dataset
+
+    steps, epoch = calibrate(args.epoch_s)
     print(
-        f"cpus={os.cpu_count()} trials={args.trials} concurrency={args.concurrency} ideal={ideal:.1f}s"
+        f"cpus={os.cpu_count()} backend={args.backend} trials={args.trials} max_epochs={args.epochs} "
+        f"mlp={DEPTH}x{WIDTH} rows={ROWS} steps/epoch={steps} measured epoch E={epoch:.3f}s "
+        "concurrency=1 trial (2 ranks x 1 CPU on 2 CPUs)"
     )
-    wall_optuna = run_optuna(args.trials, args.concurrency)
-    print(
-        f"optuna in-process (n_jobs={args.concurrency}): wall={wall_optuna:.2f}s "
-        f"ratio={wall_optuna / ideal:.3f}"
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        wall, t_init, parts = run_tune(args.trials, args.concurrency, tmp)
-    print(f"ray init: {t_init:.2f}s (not counted)")
-    print(
-        f"tune breakdown: first trial started after {parts['first_start']:.2f}s (trial actors "
-        f"start: python + ray + ray.tune imports), mean gap between trials "
-        f"{parts['mean_gap'] * 1000:.0f}ms, {parts['after_last']:.2f}s after the last trial"
-    )
-    steady = (wall - parts["first_start"] - parts["after_last"]) / ideal
-    print(f"steady-state ratio (start-up and shutdown excluded) = {steady:.3f}")
-    print(
-        f"ray tune (reuse_actors, OptunaSearch TPE): wall={wall:.2f}s "
-        f"overhead/trial={(wall - ideal) / args.trials * args.concurrency:.3f}s"
-    )
-    print(f"ratio={wall / ideal:.3f}")
+    with tempfile.TemporaryDirectory(prefix="hepscan-overhead-") as d:
+        tmp = Path(d)
+        dataset = write_unfold_dataset(tmp / "data", rows=200, n_bins=2)
+        peer = math.nan
+        if not args.no_peer:
+            wall, parts, marks = run_plain(args, steps, tmp)
+            peer = report("plain Ray Tune", wall, parts, marks, epoch)
+            print(f"peer ratio (plain Ray Tune wall / ideal) = {peer:.3f}")
+        wall, parts, marks = run_hepscan(args, steps, tmp, dataset)
+        ratio = report("hepscan", wall, parts, marks, epoch)
+    print(f"ratio={ratio:.3f}")
 
 
 if __name__ == "__main__":
