@@ -69,6 +69,8 @@ class WorkMLP(nn.Module):
         super().__init__()
         self.config = config
         self.net, x, y = make_mlp(config.width, config.depth, config.rows)
+        self.x_fixed: Tensor
+        self.y_fixed: Tensor
         self.register_buffer("x_fixed", x, persistent=False)
         self.register_buffer("y_fixed", y, persistent=False)
 

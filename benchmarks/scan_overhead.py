@@ -94,16 +94,83 @@ def _bare_rank(args: tuple[int, int, int]) -> list[float]:
     return out
 
 
-def calibrate(epoch_s: float, ranks: int = 2) -> tuple[int, float]:
-    """(steps per epoch, measured epoch time E) with ``ranks`` bare processes side by side."""
+def _collective_epochs(
+    backend: str, steps: int, epochs: int, rank: int = 0, world: int = 2, port: int = 0
+) -> list[float]:
+    """Epoch wall times of one rank of a bare 2-rank group (no Ray) with ``backend``'s
+    gradient all-reduce at every step, as the ranks of a trial run it."""
+    import torch
+
+    from benchmarks.cpu_work import make_mlp, work_epoch
+
+    torch.set_num_threads(1)
+    net, x, y = make_mlp(WIDTH, DEPTH, ROWS)
+    opt: Any = torch.optim.SGD(net.parameters(), lr=0.01)
+    model: Any = net
+    if backend == "horovod":
+        import horovod.torch as hvd
+
+        hvd.init()
+        hvd.broadcast_parameters(net.state_dict(), root_rank=0)
+        opt = hvd.DistributedOptimizer(opt, named_parameters=net.named_parameters())
+    else:
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel
+
+        dist.init_process_group(
+            "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+        )
+        model = DistributedDataParallel(net)
+
+    def step(loss: torch.Tensor) -> None:
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    work_epoch(model, x, y, 3, step)  # warm-up
+    out = []
+    for _ in range(epochs):
+        _, t0, t1 = work_epoch(model, x, y, steps, step)
+        out.append(t1 - t0)
+    return out
+
+
+def _ddp_rank(args: tuple[int, int, int, int]) -> list[float]:
+    steps, epochs, rank, port = args
+    return _collective_epochs("ddp", steps, epochs, rank, 2, port)
+
+
+def calibrate(epoch_s: float, backend: str, ranks: int = 2) -> tuple[int, float, float]:
+    """(steps per epoch, E_compute, E): steps so that the compute of an epoch is ``epoch_s``
+    per rank (``ranks`` bare processes side by side); E_compute the median epoch of that
+    compute alone; E the median epoch of a bare 2-rank group with the backend's all-reduce."""
+    import socket
+
     ctx = mp.get_context("spawn")
     with ctx.Pool(ranks) as pool:
         per_step = max(r[0] for r in pool.map(_bare_rank, [(0, 0, i) for i in range(ranks)]))
         steps = max(1, round(epoch_s / per_step))
-        runs = pool.map(_bare_rank, [(steps, 3, i) for i in range(ranks)])
+        runs = pool.map(_bare_rank, [(steps, 3, i) for i in range(ranks)], chunksize=1)
+        compute = statistics.median(max(r[i] for r in runs) for i in range(3))
+        if backend == "ddp":
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = int(s.getsockname()[1])
+            runs = pool.map(_ddp_rank, [(steps, 3, r, port) for r in range(ranks)], chunksize=1)
+    if backend == "horovod":
+        import horovod
+
+        runs = horovod.run(
+            _collective_epochs,
+            args=("horovod", steps, 3),
+            np=ranks,
+            use_gloo=True,
+            hosts=f"localhost:{ranks}",
+            verbose=0,
+        )
     # an epoch of the group ends when its slowest rank ends
     epoch = statistics.median(max(r[i] for r in runs) for i in range(3))
-    return steps, epoch
+    return steps, compute, epoch
 
 
 # -- breakdown -----------------------------------------------------------------------------------
@@ -333,7 +400,9 @@ def _plain_trainable(backend: str, steps: int) -> Any:
                 from ray.util.placement_group import get_current_placement_group
                 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-                strategy = PlacementGroupSchedulingStrategy(get_current_placement_group())
+                pg = get_current_placement_group()
+                assert pg is not None, "the trainable runs in its placement group"
+                strategy = PlacementGroupSchedulingStrategy(pg)
                 remote: Any = ray.remote(_PlainRank)
                 self.group = [
                     remote.options(num_cpus=1, scheduling_strategy=strategy).remote("ddp", r, 2)
@@ -369,10 +438,10 @@ def _plain_trainable(backend: str, steps: int) -> Any:
             )
             torch.save(state, Path(checkpoint_dir, "model.pt"))
 
-        def load_checkpoint(self, checkpoint_dir: str) -> None:
+        def load_checkpoint(self, checkpoint: Any) -> None:
             import torch
 
-            self.state_ = torch.load(Path(checkpoint_dir, "model.pt"))
+            self.state_ = torch.load(Path(checkpoint, "model.pt"))
             self.built = False
 
         def reset_config(self, new_config: dict[str, Any]) -> bool:
@@ -453,15 +522,15 @@ def run_plain(
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--backend", choices=["horovod", "ddp"], default="horovod")
-    ap.add_argument("--trials", type=int, default=16)
-    ap.add_argument("--epochs", type=int, default=8, help="max epochs per trial (ASHA max_t)")
+    ap.add_argument("--trials", type=int, default=12)
+    ap.add_argument("--epochs", type=int, default=4, help="max epochs per trial (ASHA max_t)")
     ap.add_argument("--epoch-s", type=float, default=1.0, help="work per rank per epoch")
-    ap.add_argument("--quick", action="store_true", help="8 trials x up to 4 epochs")
+    ap.add_argument("--quick", action="store_true", help="6 trials x up to 3 epochs")
     ap.add_argument("--smoke", action="store_true", help="2 trials x 2 epochs of 0.2 s (tests)")
     ap.add_argument("--no-peer", action="store_true", help="skip plain Ray Tune")
     args = ap.parse_args(argv)
     if args.quick:
-        args.trials, args.epochs = 8, 4
+        args.trials, args.epochs = 6, 3
     if args.smoke:
         args.trials, args.epochs, args.epoch_s = 2, 2, 0.2
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -472,11 +541,15 @@ def main(argv: list[str] | None = None) -> None:
 
     from jobs.train_synthetic import write_unfold_dataset
 
-    steps, epoch = calibrate(args.epoch_s)
+    steps, compute, epoch = calibrate(args.epoch_s, args.backend)
     print(
-        f"cpus={os.cpu_count()} backend={args.backend} trials={args.trials} max_epochs={args.epochs} "
-        f"mlp={DEPTH}x{WIDTH} rows={ROWS} steps/epoch={steps} measured epoch E={epoch:.3f}s "
+        f"cpus={os.cpu_count()} backend={args.backend} trials={args.trials} "
+        f"max_epochs={args.epochs} mlp={DEPTH}x{WIDTH} rows={ROWS} steps/epoch={steps} "
         "concurrency=1 trial (2 ranks x 1 CPU on 2 CPUs)"
+    )
+    print(
+        f"calibration (bare processes, no Ray): compute per rank {compute:.3f}s/epoch, "
+        f"measured epoch E={epoch:.3f}s (2 ranks with {args.backend} all-reduce)"
     )
     with tempfile.TemporaryDirectory(prefix="hepscan-overhead-") as d:
         tmp = Path(d)
