@@ -50,6 +50,7 @@ def test_scan_overhead_smoke_prints_breakdown_and_ratio() -> None:
         "per-trial start",
         "per-epoch report + checkpoint + MLflow",
         "shutdown",
+        "other ideals:",
     ):
         assert line in out, f"{line!r} missing from:\n{out}"
     m = re.search(r"hepscan: wall=\S+s trials=(\d+) epochs=(\d+)", out)
