@@ -24,9 +24,10 @@ median is the *measured epoch time* ``E``.
 one trial runs at a time: the trial concurrency is 1 while both cores work (a rank is the unit
 of CPU concurrency, and the calibration already ran its 2 ranks side by side). Ideal wall time
 = (epochs actually run, summed over trials; ASHA decides how many) x ``E`` / 1.
-``ratio = wall / ideal``. Caveat: a bare ``horovod.run`` group (its launcher's service
-threads share the 2 cores) measured E = 2.58 s where the same epoch took 1.66-1.86 s inside Ray
-ranks, which flatters the Horovod ratio; each side therefore also prints ``wall / (its own rank
+``ratio = wall / ideal``. The bare Horovod group gets Horovod's documented cycle time and
+response cache (``horovod.runner.run`` exports them as ``'(None,)'``, i.e. 0: a busy background
+loop; before that was corrected here it measured E = 2.58 s against 1.66-1.86 s inside Ray ranks,
+which flattered the Horovod ratio). Each side also prints ``wall / (its own rank
 work)`` and ``wall / (epochs x compute-only epoch)``. Wall time runs from before ``ray.init`` to after ``ray.shutdown`` and
 includes the MLflow parent-run set-up, and everything else ``scan.launch`` does.
 
@@ -113,6 +114,13 @@ def _collective_epochs(
     if backend == "horovod":
         import horovod.torch as hvd
 
+        # horovod.runner.run exports HOROVOD_CYCLE_TIME / HOROVOD_CACHE_CAPACITY as '(None,)'
+        # (a stray comma in Horovod 0.28.1), which Horovod reads as 0: a background loop that
+        # never sleeps and no response cache. Horovod's documented defaults, as hepscan's ranks
+        # get them (jobs.backends.horovod_env), so the bare group is not slowed by that bug.
+        for key, value in (("HOROVOD_CYCLE_TIME", "1"), ("HOROVOD_CACHE_CAPACITY", "1024")):
+            if not os.environ.get(key, "").replace(".", "", 1).isdigit():
+                os.environ[key] = value
         hvd.init()
         hvd.broadcast_parameters(net.state_dict(), root_rank=0)
         opt = hvd.DistributedOptimizer(opt, named_parameters=net.named_parameters())
