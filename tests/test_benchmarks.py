@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -57,3 +59,78 @@ def test_scan_overhead_smoke_prints_breakdown_and_ratio() -> None:
     assert m and int(m.group(1)) == 2 and 2 <= int(m.group(2)) <= 4, out
     ratio = _last_ratio(out)
     assert math.isfinite(ratio) and ratio > 0
+
+
+# ------------------------------------------------------------------------------------------
+# Training, search efficiency, Horovod vs DDP (benchmarks/train.py, search_efficiency.py,
+# horovod_vs_ddp.py)
+
+
+def _value(out: str, key: str) -> float:
+    """The number of the line ``key=<number>``; finite and positive."""
+    m = re.search(rf"^{re.escape(key)}=(\S+)$", out, re.MULTILINE)
+    assert m, f"no '{key}=' line in:\n{out}"
+    v = float(m.group(1))
+    assert math.isfinite(v) and v > 0, f"{key}={v}"
+    return v
+
+
+def _numbers(line: str) -> list[float]:
+    return [float(x) for x in re.findall(r"\d+(?:\.\d+)?(?:e[-+]?\d+)?", line)]
+
+
+def test_train_benchmark_prints_loop_and_epoch_ratios(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import train
+
+    train.main(["--quick", "--rows", "3000", "--repeats", "1"])
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert lines[-1].startswith("ratio=") and lines[-2].startswith("epoch_ratio=")
+    _value(out, "ratio")
+    _value(out, "epoch_ratio")
+    for side in ("hepscan train()", "bare torch loop"):
+        (row,) = [ln for ln in lines if ln.startswith(side)]
+        nums = _numbers(row[len(side) :])
+        assert len(nums) >= 4 and all(math.isfinite(v) and v > 0 for v in nums), row
+
+
+def test_horovod_vs_ddp_benchmark_prints_both_throughputs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from benchmarks import horovod_vs_ddp
+
+    horovod_vs_ddp.main(["--smoke"])
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert lines[-1].startswith("ratio=")
+    _value(out, "ratio")
+    for backend in ("horovod", "ddp"):
+        (row,) = [ln for ln in lines if re.match(rf"{backend}\s+2\s", ln)]
+        (sps,) = _numbers(row[len(backend) :])[1:]
+        assert math.isfinite(sps) and sps > 0, row
+
+
+def test_search_efficiency_figure_counts_epochs_to_randoms_first_best() -> None:
+    from benchmarks.search_efficiency import figure
+
+    rnd = [(1, 5.0), (2, 3.0), (3, 3.0), (4, 2.0), (5, 2.0), (6, 2.0)]
+    tpe = [(1, 4.0), (2, 1.5), (3, 1.0)]
+    o = figure("zll", 0, rnd, tpe)
+    assert (o.target, o.random_first, o.random_total, o.tpe_epochs) == (2.0, 4, 6, 2)
+    assert o.reached and o.ratio == pytest.approx(0.5) and o.old_ratio == pytest.approx(1 / 3)
+    missed = figure("zll", 0, rnd, [(1, 4.0), (2, 3.0)])
+    assert not missed.reached and missed.tpe_epochs == 2
+
+
+def test_search_efficiency_benchmark_prints_ratio(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import search_efficiency
+
+    search_efficiency.main(
+        ["--quick", "--datasets", "zll", "--events", "800", "--trials", "2", "--epochs", "1"]
+    )
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert lines[-1].startswith("ratio=")
+    _value(out, "ratio")
+    (row,) = [ln for ln in lines if ln.startswith("zll  ") and "±" in ln]
+    assert len(_numbers(row)) >= 8, row
