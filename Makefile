@@ -107,6 +107,7 @@ benchmarks: install
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/scan_overhead.py
 	$(PY) benchmarks/search_efficiency.py
+	$(PY) benchmarks/horovod_vs_ddp.py
 	$(PY) benchmarks/train_memory.py
 	$(PY) benchmarks/gpu_check.py
 

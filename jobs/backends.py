@@ -48,6 +48,18 @@ from ``resources.collective_timeout_s``): DDP passes it to ``init_process_group(
 :func:`collective_timeout_env` sets to the same value. The value must exceed the longest
 stretch one rank computes alone between two collectives (rank 0's evaluation of a family
 without streamed evaluation, checkpoint writing).
+
+Horovod tuning
+--------------
+Every Horovod rank starts with :func:`horovod_env` applied (:meth:`HorovodComm.init`, before
+``hvd.init()``): ``HOROVOD_CYCLE_TIME`` and ``HOROVOD_CACHE_CAPACITY`` keep a numeric value
+the user set and otherwise get :data:`HOROVOD_DEFAULTS`. ``horovod.runner.run`` (0.28.1) sets
+both to the string ``"(None,)"`` (a stray comma in its argument defaults), overriding the
+caller's environment; Horovod's core reads that as 0: a background thread that never sleeps
+between negotiation cycles and no response cache, so every cycle is a full gloo negotiation
+competing with the training threads for the cores. On 2 cores that made 2-rank Horovod 0.62x
+of DDP's samples/s (``benchmarks/horovod_vs_ddp.py``; docs/benchmarks.md). ``jobs.train``
+reads the launching process's values and hands them to the ranks itself.
 """
 
 from __future__ import annotations
@@ -79,6 +91,25 @@ def collective_timeout() -> float:
     if not value > 0:
         raise ConfigError(f"{TIMEOUT_ENV}={raw!r}: must be > 0")
     return value
+
+
+# Horovod's own defaults, restored where horovod.runner.run breaks them (module docstring).
+HOROVOD_DEFAULTS: dict[str, str] = {"HOROVOD_CYCLE_TIME": "1", "HOROVOD_CACHE_CAPACITY": "1024"}
+
+
+def horovod_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Horovod tuning for the ranks: each key of :data:`HOROVOD_DEFAULTS` keeps its value in
+    ``environ`` (default ``os.environ``) when that is a number, else gets the default."""
+    environ = os.environ if environ is None else environ
+    out = {}
+    for key, default in HOROVOD_DEFAULTS.items():
+        raw = environ.get(key, "")
+        try:
+            ok = math.isfinite(float(raw)) and float(raw) >= 0
+        except ValueError:
+            ok = False
+        out[key] = raw.strip() if ok else default
+    return out
 
 
 def collective_timeout_env(seconds: float) -> dict[str, str]:
@@ -160,6 +191,7 @@ class HorovodComm(Comm):
         super().init(device)  # the rank's own GPU (jobs.placement), before NCCL starts
         hvd = self.hvd
         if not hvd.is_initialized():
+            os.environ.update(horovod_env())
             os.environ.setdefault(
                 "HOROVOD_GLOO_TIMEOUT_SECONDS", str(max(1, math.ceil(collective_timeout())))
             )

@@ -125,3 +125,16 @@ def test_ddp_nan_fails_on_every_rank(base: TrainConfig) -> None:
     cfg: Any = dataclasses.replace(base, workers=2, backend="ddp", lr=1e30, epochs=4)
     with pytest.raises(TrainingDiverged, match="non-finite"):
         train(cfg)
+
+
+def test_horovod_env_repairs_what_horovod_runner_run_sets() -> None:
+    from jobs.backends import HOROVOD_DEFAULTS, horovod_env
+
+    # horovod.runner.run 0.28.1 exports "(None,)" for both (read by Horovod's core as 0)
+    broken = {"HOROVOD_CYCLE_TIME": "(None,)", "HOROVOD_CACHE_CAPACITY": "(None,)"}
+    assert horovod_env(broken) == HOROVOD_DEFAULTS
+    assert horovod_env({}) == HOROVOD_DEFAULTS
+    mine = {"HOROVOD_CYCLE_TIME": "5", "HOROVOD_CACHE_CAPACITY": "0"}
+    assert horovod_env(mine) == mine  # a user's numeric value is kept
+    bad = horovod_env({"HOROVOD_CYCLE_TIME": "-1"})
+    assert bad["HOROVOD_CYCLE_TIME"] == HOROVOD_DEFAULTS["HOROVOD_CYCLE_TIME"]

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from jobs.backends import make_comm
+from jobs.backends import horovod_env, make_comm
 from jobs.train.config import Reporter, TrainConfig, TrainResult
 from jobs.train.data import prepare
 from jobs.train.session import TrainSession
@@ -67,7 +67,8 @@ def _relayable(exc: BaseException, rank: int) -> BaseException:
     return RankError(f"rank {rank} raised {type(exc).__qualname__}: {exc}\n{tb}")
 
 
-def _horovod_worker(config: TrainConfig) -> tuple[str, Any]:
+def _horovod_worker(config: TrainConfig, env: dict[str, str]) -> tuple[str, Any]:
+    os.environ.update(env)  # horovod.runner.run overrides these (jobs.backends.horovod_env)
     _share_cores(int(os.environ.get("HOROVOD_LOCAL_SIZE", config.workers)))
     session = TrainSession(config, comm=make_comm("horovod"))
     try:
@@ -135,7 +136,9 @@ def _launch_horovod(config: TrainConfig, reporter: Reporter | None, np_: int) ->
     saved = os.environ.get("PYTHONPATH")
     os.environ.update(_project_pythonpath())
     try:
-        results = runner.run(_horovod_worker, args=(config,), num_proc=np_, use_gloo=True)
+        results = runner.run(
+            _horovod_worker, args=(config, horovod_env()), num_proc=np_, use_gloo=True
+        )
     finally:
         if saved is None:
             os.environ.pop("PYTHONPATH", None)
