@@ -82,7 +82,7 @@ def bare_loop(cfg: TrainConfig, epochs: int) -> list[BareEpoch]:
     torch.manual_seed(cfg.seed)
     m = load_manifest(cfg.dataset)
     x, y = _split(cfg, "train")
-    xv, yv = _split(cfg, "val")
+    xv, yv = _split(cfg, "validation")
     family = get_family(cfg.family)
     model: Any = family.build(family.config_cls(**cfg.model), family.data_spec(m).dims)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)

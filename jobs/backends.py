@@ -112,6 +112,26 @@ def horovod_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     return out
 
 
+HOROVOD_BUCKET_ENV = "HEPSCAN_HOROVOD_BUCKET_MB"
+
+
+def gradient_buckets(params: list[Tensor], bucket_bytes: int) -> list[list[Tensor]]:
+    """``params`` (those that take gradients) in reverse order, cut into buckets of at least
+    ``bucket_bytes`` (the last one smaller): the order backward produces their gradients."""
+    buckets: list[list[Tensor]] = []
+    cur: list[Tensor] = []
+    nbytes = 0
+    for p in reversed([p for p in params if p.requires_grad]):
+        cur.append(p)
+        nbytes += p.numel() * p.element_size()
+        if nbytes >= bucket_bytes:
+            buckets.append(cur)
+            cur, nbytes = [], 0
+    if cur:
+        buckets.append(cur)
+    return buckets
+
+
 def collective_timeout_env(seconds: float) -> dict[str, str]:
     """The environment that gives every rank's collectives a ``seconds`` timeout."""
     whole = str(max(1, math.ceil(seconds)))
@@ -236,11 +256,15 @@ class HorovodComm(Comm):
         self, model: nn.Module, optimizers: list[torch.optim.Optimizer]
     ) -> list[torch.optim.Optimizer]:
         wrapped = []
+        bucket_bytes = int(float(os.environ.get(HOROVOD_BUCKET_ENV, "25")) * 2**20)
         for opt in optimizers:
             own = {id(p) for g in opt.param_groups for p in g["params"]}
             named = [(n, p) for n, p in model.named_parameters() if id(p) in own]
+            groups = gradient_buckets([p for _, p in named], bucket_bytes) if bucket_bytes else None
             wrapped.append(
-                self.hvd.DistributedOptimizer(opt, named_parameters=named, op=self.hvd.Average)
+                self.hvd.DistributedOptimizer(
+                    opt, named_parameters=named, op=self.hvd.Average, groups=groups
+                )
             )
         return wrapped
 

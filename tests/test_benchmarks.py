@@ -105,7 +105,7 @@ def test_horovod_vs_ddp_benchmark_prints_both_throughputs(
     assert lines[-1].startswith("ratio=")
     _value(out, "ratio")
     for backend in ("horovod", "ddp"):
-        (row,) = [ln for ln in lines if re.match(rf"{backend}\s+2\s", ln)]
+        (row,) = [ln for ln in lines if re.fullmatch(rf"{backend}\s+2\s+\d+", ln)]
         (sps,) = _numbers(row[len(backend) :])[1:]
         assert math.isfinite(sps) and sps > 0, row
 
