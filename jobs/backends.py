@@ -6,7 +6,10 @@ Engines are imported inside the classes: ``import jobs.backends`` stays light.
 Gradient averaging
 ------------------
 * ``horovod``: ``hvd.DistributedOptimizer`` (allreduce-average overlapped with backward through
-  its gradient hooks). Families with several optimizers (the GAN) run a backward whose graph
+  its gradient hooks), its gradients grouped into buckets of ~25 MB in reverse parameter order
+  like DDP's (``groups=``; ``HEPSCAN_HOROVOD_BUCKET_MB``, 0 = one allreduce per parameter):
+  one negotiation and one fused allreduce per bucket instead of one per parameter spread over
+  several of Horovod's cycles. Families with several optimizers (the GAN) run a backward whose graph
   reaches the *other* optimizer's parameters (generator loss through the critic); Horovod's hooks
   then start allreduces for those parameters too, and the next ``zero_grad()`` of that optimizer
   would raise "zero_grad() was called after loss.backward() but before optimizer.step()".
