@@ -2,9 +2,9 @@
 
 .. code-block:: bash
 
-    PYTHONPATH=. .venv/bin/python benchmarks/search_efficiency.py           # ~8-10 min, 2 cores
-    PYTHONPATH=. .venv/bin/python benchmarks/search_efficiency.py --quick   # ~1 min, smoke run
-    PYTHONPATH=. .venv/bin/python benchmarks/search_efficiency.py --seeds 3 --trials 12
+    PYTHONPATH=. .venv/bin/python benchmarks/search_efficiency.py             # ~10 min, 2 cores
+    PYTHONPATH=. .venv/bin/python benchmarks/search_efficiency.py --trials 8  # 13 min (docs figures)
+    PYTHONPATH=. .venv/bin/python benchmarks/search_efficiency.py --quick     # ~1 min, smoke run
 
 Datasets (simulated with ``jobs.simulate`` and preprocessed with the shipped configs, tiny so the
 whole benchmark fits in ~10 minutes):
@@ -17,7 +17,7 @@ whole benchmark fits in ~10 minutes):
 Every scan runs through ``scan.launch`` (Ray Tune + Optuna + MLflow; one Ray instance for the
 whole run, one worker per trial, trials one after another so that the order of epochs is
 exact). Per (dataset, seed) two scans with the same space, seed, trial count (``--trials``,
-default 8) and epoch budget per trial (``--epochs``, default 4): random search trained to the
+default 6) and epoch budget per trial (``--epochs``, default 4): random search trained to the
 full budget, and TPE (``--startup`` random start-up trials, default 3) + ASHA (grace period 1,
 reduction factor 3). Random's best objective value (over all epochs of all its trials) is the
 target. The figure per (dataset, seed) is
@@ -202,13 +202,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default 5)")
     ap.add_argument("--datasets", default="zll,jets")
     ap.add_argument("--events", type=int, default=None, help="events per dataset (3000)")
-    ap.add_argument("--trials", type=int, default=None, help="trials per scan (8)")
+    ap.add_argument("--trials", type=int, default=None, help="trials per scan (6)")
     ap.add_argument("--epochs", type=int, default=None, help="epochs per trial (4)")
     ap.add_argument("--startup", type=int, default=3, help="TPE random start-up trials")
     ap.add_argument("--metric", default="val_loss")
     args = ap.parse_args(argv)
     seeds = args.seeds or (1 if args.quick else 5)
-    args.trials = args.trials or (4 if args.quick else 8)
+    args.trials = args.trials or (4 if args.quick else 6)
     args.epochs = args.epochs or (2 if args.quick else 4)
     args.startup = min(args.startup, args.trials)
     events = args.events or (1500 if args.quick else 3000)
