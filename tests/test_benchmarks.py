@@ -134,3 +134,48 @@ def test_search_efficiency_benchmark_prints_ratio(capsys: pytest.CaptureFixture[
     _value(out, "ratio")
     (row,) = [ln for ln in lines if ln.startswith("zll  ") and "±" in ln]
     assert len(_numbers(row)) >= 8, row
+
+
+# --- preprocessing (benchmarks/preprocess.py; issue 14, items 2 and 5) ---------------------
+
+
+def _positive(line: str) -> float:
+    v = float(line.split("=", 1)[1].split()[0])
+    assert math.isfinite(v) and v > 0, line
+    return v
+
+
+def test_preprocess_benchmark_quick(tmp_path: Path) -> None:
+    out = _run_benchmark("preprocess.py", "--quick", "--workdir", str(tmp_path), timeout=120)
+    lines = out.strip().splitlines()
+    rates = {}
+    for name in (
+        "raw_1proc",
+        "raw_2proc",
+        "pipeline_2workers",
+        "raw_1proc_cold",
+        "raw_2proc_cold",
+        "pipeline_2workers_cold",
+    ):
+        (line,) = [ln for ln in lines if ln.startswith(f"{name}: ")]
+        m = re.search(r"in ([0-9.]+) s.* = ([0-9,]+) events/s", line)
+        assert m, line
+        rates[name] = float(m.group(2).replace(",", ""))
+        assert float(m.group(1)) > 0 and rates[name] > 0, line
+    (breakdown,) = [ln for ln in lines if ln.strip().startswith("breakdown pipeline_2workers:")]
+    for phase in ("inputs validated", "cluster ready", "read + select", "shards written"):
+        m = re.search(re.escape(phase) + r" ([0-9.]+) s", breakdown)
+        assert m and math.isfinite(float(m.group(1))), (phase, breakdown)
+    cpu = [float(x) for x in re.findall(r"([0-9.]+)", breakdown.split("cpu:")[1])]
+    assert len(cpu) == 3 and all(c > 0 for c in cpu), breakdown
+    ratios = {ln.split("=")[0]: _positive(ln) for ln in lines if re.match(r"ratio\w*=", ln)}
+    assert set(ratios) == {
+        "ratio_cold",
+        "ratio_cold_fair",
+        "ratio_warm_fair",
+        "ratio_warm",
+        "ratio",
+    }
+    assert lines[-1].startswith("ratio=")
+    assert ratios["ratio"] == ratios["ratio_warm"]
+    assert abs(ratios["ratio"] - rates["pipeline_2workers"] / rates["raw_1proc"]) < 0.01

@@ -128,11 +128,15 @@ def plot_truth_reco(
     cfg = plan.cfg
     assert cfg.unfold is not None
     with matplotlib.style.context(mplhep.style.CMS):
-        fig = Figure(figsize=(8, 6), layout="constrained")
+        # fixed margins and no minor ticks: constrained layout and the CMS style's minor ticks
+        # cost 0.3 of the 0.4 CPU-s this plot took, on the 2 cores the partitions run on
+        fig = Figure(figsize=(8, 6))
         FigureCanvasAgg(fig)
+        fig.subplots_adjust(left=0.15, right=0.97, bottom=0.13, top=0.93)
         ax = fig.add_subplot()
         mplhep.histplot(truth, edges, ax=ax, label=f"truth ({cfg.unfold.truth})")
         mplhep.histplot(reco, edges, ax=ax, label=f"reco ({cfg.unfold.reco})")
+        ax.minorticks_off()
         ax.set_xlabel(cfg.unfold.quantity)
         ax.set_ylabel("rows / bin")
         ax.set_title(f"{cfg.sample}: truth vs reco", fontsize=14)

@@ -33,13 +33,19 @@ from jobs.preprocess.partition import (
 from jobs.preprocess.plan import InputFile, Plan, expand, make_plan, validate_inputs
 from models.errors import ConfigError, InputError, OutputError, require
 
-__all__ = ["preprocess"]
+__all__ = ["PHASE", "local_cluster", "preprocess"]
 
 log = logging.getLogger(__name__)
 
 
-def _since(t0: float) -> float:
-    return time.perf_counter() - t0
+# log records of the pipeline's phases carry ``record.__dict__[PHASE] = (name, seconds since
+# the start of the run)``: benchmarks/preprocess.py prints them as its breakdown
+PHASE = "hepscan_phase"
+
+
+def _phase(t0: float, name: str, detail: str = "") -> None:
+    dt = time.perf_counter() - t0
+    log.info("preprocess: %s after %.2f s%s", name, dt, detail, extra={PHASE: (name, dt)})
 
 
 def preprocess(
@@ -58,6 +64,7 @@ def preprocess(
     cluster of ``workers`` single-threaded processes runs for the call); ``overwrite`` replaces
     an existing ``out`` once the new output is complete.
     """
+    t0 = time.perf_counter()
     cfg, base, source = load_config(config)
     if workers is not None and workers < 1:
         raise ConfigError(f"option 'workers' must be >= 1, got {workers}")
@@ -74,12 +81,14 @@ def preprocess(
     input_files, plan = validate_inputs(plan, files)
     if sum(f.entries for f in input_files) == 0:
         raise InputError(f"{input_files[0].display}: tree {cfg.tree!r} has no entries")
+    _phase(t0, "inputs validated")
 
     tmp, created = _prepare_out(out_path)
     try:
-        manifest = _run(plan, input_files, patterns, tmp, scheduler, workers)
+        manifest = _run(plan, input_files, patterns, tmp, scheduler, workers, t0)
         write_manifest(tmp / MANIFEST_NAME, manifest)
         _install(tmp, out_path)
+        _phase(t0, "installed")
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         _remove_created(created)
@@ -109,11 +118,11 @@ def _run(
     tmp: Path,
     scheduler: str | None,
     workers: int | None,
+    t0: float,
 ) -> dict[str, Any]:
     from concurrent.futures import ThreadPoolExecutor
 
     cfg = plan.cfg
-    t0 = time.perf_counter()
     pool = ThreadPoolExecutor(max_workers=min(2, len(files)))
     try:
         # checksums overlap the Dask work unless the event ids need them
@@ -128,15 +137,13 @@ def _run(
             (tmp / split).mkdir()
 
         with _dask_client(scheduler, workers, len(tasks)) as client:
-            log.info(
-                "preprocess: %d partitions, cluster ready after %.2f s", len(tasks), _since(t0)
-            )
+            _phase(t0, "cluster ready", f" ({len(tasks)} partitions)")
             futures = [client.submit(process_partition, t, pure=False) for t in tasks]
             try:
                 stats = client.gather(
                     [client.submit(partition_stats, fu, plan, pure=False) for fu in futures]
                 )
-                log.info("preprocess: read + select done after %.2f s", _since(t0))
+                _phase(t0, "read + select")
                 fit_ = fit(plan, stats, files)
                 plot = plot_name(plan)
                 plot_future = (
@@ -175,24 +182,23 @@ def _run(
                         for i, fu in enumerate(futures)
                     ]
                 )
-                log.info("preprocess: shards written after %.2f s", _since(t0))
+                _phase(t0, "shards written")
             finally:
                 client.cancel(futures)
-        log.info("preprocess: client closed after %.2f s", _since(t0))
+        _phase(t0, "client closed")
         digests = [d.result() for d in digest_futures]
         if plot_future is not None:
             plot_future.result()
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
-    log.info("preprocess: checksums done after %.2f s", _since(t0))
+    _phase(t0, "checksums + plot")
 
     return build_manifest(plan, files, digests, patterns, stats, written, fit_, plot)
 
 
 @contextlib.contextmanager
 def _dask_client(scheduler: str | None, workers: int | None, n_parts: int) -> Iterator[Any]:
-    distributed = require("distributed")
-    Client, LocalCluster = distributed.Client, distributed.LocalCluster
+    Client = require("distributed").Client
 
     if scheduler:
         try:
@@ -211,25 +217,38 @@ def _dask_client(scheduler: str | None, workers: int | None, n_parts: int) -> It
         finally:
             client.close()
         return
-    dask = require("dask")
-
-    n = workers or max(1, min(os.cpu_count() or 1, n_parts))
-    # distributed's default MALLOC_TRIM_THRESHOLD_ also pins glibc's mmap threshold, so every
-    # large numpy temporary becomes an mmap + page faults: measured 2x the CPU per partition
-    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
-        cluster = LocalCluster(
-            n_workers=n,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=":0",  # any free port: 8787 may be taken
-            silence_logs=logging.ERROR,
-        )
+    cluster = local_cluster(workers or max(1, min(os.cpu_count() or 1, n_parts)))
     client = Client(cluster)
     try:
         yield client
     finally:
         client.close()
         cluster.close()
+
+
+def local_cluster(n_workers: int) -> Any:
+    """The Dask ``LocalCluster`` a run without ``--scheduler`` starts: ``n_workers``
+    single-threaded worker processes (benchmarks/preprocess.py starts the same one)."""
+    dask = require("dask")
+    distributed = require("distributed")
+
+    with dask.config.set(
+        {
+            # distributed's default MALLOC_TRIM_THRESHOLD_ also pins glibc's mmap threshold, so
+            # every large numpy temporary becomes an mmap + page faults: measured 2x the CPU
+            "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+            # the statistical profiler samples every worker thread each 10 ms (for the
+            # dashboard); the nanny passes this config on to its worker
+            "distributed.worker.profile.enabled": False,
+        }
+    ):
+        return distributed.LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",  # any free port: 8787 may be taken
+            silence_logs=logging.ERROR,
+        )
 
 
 def _check_out(out: Path, overwrite: bool) -> None:

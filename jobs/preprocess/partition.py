@@ -12,6 +12,7 @@ Splits hash the per-event id with splitmix64, so an event keeps its split when f
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -290,6 +291,25 @@ class WriteSpec:
     res_edges: dict[str, tuple[float, ...]]
 
 
+class _HashingWriter(io.RawIOBase):
+    """A write-only file object that feeds every block to sha256 on its way to ``fh``."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh = fh
+        self.sha = hashlib.sha256()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        self.sha.update(b)
+        return self.fh.write(b)  # type: ignore[no-any-return]
+
+    def close(self) -> None:  # the caller's ``with open(...)`` closes the real file
+        self.fh.flush()
+        super().close()
+
+
 ROW_GROUP_ROWS = 65536  # rows per Parquet row group: the unit training reads and shuffles
 
 
@@ -310,31 +330,30 @@ def write_partition(res: PartitionResult, plan: Plan, spec: WriteSpec) -> list[d
         for lo in range(0, idx.size, cfg.shard_rows):
             part = table.slice(lo, cfg.shard_rows)
             rel = f"{split}/part-{shard:05d}.parquet"
-            sink = pa.BufferOutputStream()
             floats = [c for c in part.column_names if part.schema.field(c).type in float_types]
-            pq.write_table(
-                part,
-                sink,
-                compression=None if cfg.compression == "none" else cfg.compression,
-                # measured on zll shards: dictionary pages on float columns cost 8x the write
-                # time for nothing, min/max statistics double it (the readers load whole
-                # columns), byte-stream-split makes floats compressible (-40 % size)
-                use_dictionary=[c for c in part.column_names if c not in floats],
-                use_byte_stream_split=floats,
-                write_statistics=False,
-                # training streams row groups (jobs/train/stream.py): a 1 M-row shard becomes
-                # 16 units that ranks and the per-epoch shuffle can deal out
-                row_group_size=ROW_GROUP_ROWS,
-            )
-            data = sink.getvalue().to_pybytes()
-            with open(os.path.join(spec.root, rel), "wb") as fh:
-                fh.write(data)
+            path = os.path.join(spec.root, rel)
+            with open(path, "wb") as raw_fh:
+                fh = _HashingWriter(raw_fh)  # hash while writing: no copy, no re-read
+                pq.write_table(
+                    part,
+                    fh,
+                    compression=None if cfg.compression == "none" else cfg.compression,
+                    # measured on zll shards: dictionary pages on float columns cost 8x the
+                    # write time for nothing, min/max statistics double it (the readers load
+                    # whole columns), byte-stream-split makes floats compressible (-40 % size)
+                    use_dictionary=[c for c in part.column_names if c not in floats],
+                    use_byte_stream_split=floats,
+                    write_statistics=False,
+                    # training streams row groups (jobs/train/stream.py): a 1 M-row shard
+                    # becomes 16 units that ranks and the per-epoch shuffle can deal out
+                    row_group_size=ROW_GROUP_ROWS,
+                )
             out.append(
                 {
                     "split": split,
                     "path": rel,
                     "rows": part.num_rows,
-                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "sha256": fh.sha.hexdigest(),
                 }
             )
             shard += 1
