@@ -3,7 +3,7 @@
 Run (from the repository root, alone on the machine: ``flock /tmp/heavy.lock ...`` here)::
 
     python benchmarks/preprocess.py            # 2 M zll events in 4 files, ~2-3 min
-    python benchmarks/preprocess.py --quick    # 100 k events in 2 files, ~15 s (tests/test_benchmarks.py)
+    python benchmarks/preprocess.py --quick    # 50 k events in 2 files, ~20 s (tests/test_benchmarks.py)
     python benchmarks/preprocess.py --events 4000000 --files 8 --workdir /scratch/bench
 
 The simulated files are cached in ``--workdir`` (re-simulated only when events/files/seed
@@ -262,7 +262,7 @@ def _ratio(name: str, value: float, what: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    ap.add_argument("--events", type=int, default=None, help="default 2 M (--quick: 100 k)")
+    ap.add_argument("--events", type=int, default=None, help="default 2 M (--quick: 50 k)")
     ap.add_argument("--files", type=int, default=None, help="default 4 (--quick: 2)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/hepscan-bench"))
@@ -271,7 +271,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small and one run each (the test)")
     ap.add_argument("--verbose", action="store_true", help="log the pipeline's phase timings")
     args = ap.parse_args()
-    events = args.events or (100_000 if args.quick else 2_000_000)
+    events = args.events or (50_000 if args.quick else 2_000_000)
     n_files = args.files or (2 if args.quick else 4)
     repeat = args.repeat or (1 if args.quick else 3)
     cold_repeat = args.cold_repeat or (1 if args.quick else 2)
