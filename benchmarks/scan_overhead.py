@@ -114,13 +114,12 @@ def _collective_epochs(
     if backend == "horovod":
         import horovod.torch as hvd
 
+        from jobs.backends import horovod_env
+
         # horovod.runner.run exports HOROVOD_CYCLE_TIME / HOROVOD_CACHE_CAPACITY as '(None,)'
-        # (a stray comma in Horovod 0.28.1), which Horovod reads as 0: a background loop that
-        # never sleeps and no response cache. Horovod's documented defaults, as hepscan's ranks
-        # get them (jobs.backends.horovod_env), so the bare group is not slowed by that bug.
-        for key, value in (("HOROVOD_CYCLE_TIME", "1"), ("HOROVOD_CACHE_CAPACITY", "1024")):
-            if not os.environ.get(key, "").replace(".", "", 1).isdigit():
-                os.environ[key] = value
+        # (read as 0: a busy background loop, no response cache); the bare group gets what
+        # hepscan's ranks get, so the reference epoch is not slowed by that bug.
+        os.environ.update(horovod_env())
         hvd.init()
         hvd.broadcast_parameters(net.state_dict(), root_rank=0)
         opt = hvd.DistributedOptimizer(opt, named_parameters=net.named_parameters())
