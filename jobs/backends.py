@@ -118,6 +118,19 @@ def horovod_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
 HOROVOD_BUCKET_ENV = "HEPSCAN_HOROVOD_BUCKET_MB"
 
 
+def horovod_bucket_bytes() -> int:
+    """Bytes per Horovod gradient bucket (``HEPSCAN_HOROVOD_BUCKET_MB``, default 25; 0 = one
+    allreduce per parameter)."""
+    raw = os.environ.get(HOROVOD_BUCKET_ENV, "25")
+    try:
+        mb = float(raw)
+    except ValueError:
+        raise ConfigError(f"{HOROVOD_BUCKET_ENV}={raw!r}: expected a number of MB") from None
+    if not (math.isfinite(mb) and mb >= 0):
+        raise ConfigError(f"{HOROVOD_BUCKET_ENV}={raw!r}: must be >= 0")
+    return int(mb * 2**20)
+
+
 def gradient_buckets(params: list[Tensor], bucket_bytes: int) -> list[list[Tensor]]:
     """``params`` (those that take gradients) in reverse order, cut into buckets of at least
     ``bucket_bytes`` (the last one smaller): the order backward produces their gradients."""
@@ -259,7 +272,7 @@ class HorovodComm(Comm):
         self, model: nn.Module, optimizers: list[torch.optim.Optimizer]
     ) -> list[torch.optim.Optimizer]:
         wrapped = []
-        bucket_bytes = int(float(os.environ.get(HOROVOD_BUCKET_ENV, "25")) * 2**20)
+        bucket_bytes = horovod_bucket_bytes()
         for opt in optimizers:
             own = {id(p) for g in opt.param_groups for p in g["params"]}
             named = [(n, p) for n, p in model.named_parameters() if id(p) in own]

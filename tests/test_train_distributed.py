@@ -138,3 +138,17 @@ def test_horovod_env_repairs_what_horovod_runner_run_sets() -> None:
     assert horovod_env(mine) == mine  # a user's numeric value is kept
     bad = horovod_env({"HOROVOD_CYCLE_TIME": "-1"})
     assert bad["HOROVOD_CYCLE_TIME"] == HOROVOD_DEFAULTS["HOROVOD_CYCLE_TIME"]
+
+
+def test_horovod_bucket_size_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from jobs.backends import HOROVOD_BUCKET_ENV, horovod_bucket_bytes
+    from models.errors import ConfigError
+
+    monkeypatch.delenv(HOROVOD_BUCKET_ENV, raising=False)
+    assert horovod_bucket_bytes() == 25 * 2**20
+    monkeypatch.setenv(HOROVOD_BUCKET_ENV, "0")
+    assert horovod_bucket_bytes() == 0  # one allreduce per parameter
+    for bad in ("many", "-1", "nan"):
+        monkeypatch.setenv(HOROVOD_BUCKET_ENV, bad)
+        with pytest.raises(ConfigError, match=HOROVOD_BUCKET_ENV):
+            horovod_bucket_bytes()
