@@ -94,6 +94,9 @@ class DataDims:
     edges: tuple[tuple[float, ...], ...] = ()  # unfolding: (edges,); resolution: per head
     relative: tuple[bool, ...] = ()  # resolution: delta is (reco - truth) / truth
     periodic: tuple[bool, ...] = ()  # resolution: wrap reco into (-pi, pi] (phi)
+    # generative (models.response): per target, its condition column and its response spread
+    pairs: tuple[int, ...] = ()
+    scales: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from models.base import (
 )
 from models.gan import generative_data_spec
 from models.manifest import Manifest
+from models.response import ResponseMap, response_map
 
 __all__ = ["FAMILY", "FlowConfig", "FlowNet"]
 
@@ -58,6 +59,7 @@ class FlowConfig:
     randperm: bool = False
     weight_decay: float = 0.0
     efficiency_head: bool = False
+    response: bool = False  # model the response r(reco, truth) (models.response), not reco
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -101,6 +103,7 @@ class FlowNet(StandardisationBuffers):
         self.efficiency: nn.Module | None = None
         if config.efficiency_head:
             self.efficiency = mlp(dims.n_inputs, [32, 32], 1)
+        self.response: ResponseMap | None = response_map(dims, NAME) if config.response else None
 
     def reconstructed(self, y: Tensor) -> Tensor:
         """(B,) bool: rows whose standardised targets are not all the physical 0."""
@@ -119,14 +122,20 @@ class FlowNet(StandardisationBuffers):
         return (nll + bce) / len(x)
 
     def log_prob(self, y: Tensor, x: Tensor) -> Tensor:
-        """log p(y | x), (B,), standardised space."""
-        return self.flow(x).log_prob(y)  # type: ignore[no-any-return]
+        """log p(y | x), (B,), standardised space (with ``response``: the density of the
+        response times the map's Jacobian)."""
+        if self.response is None:
+            return self.flow(x).log_prob(y)  # type: ignore[no-any-return]
+        r = self.response.to_response(x, y, self)
+        return self.flow(x).log_prob(r) + self.response.log_abs_det(x, self)  # type: ignore[no-any-return]
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         return self.log_prob(y, x)
 
     def latent(self, y: Tensor, x: Tensor) -> Tensor:
         """The base-space point z = f(y; x) (the flow's forward, invertible map)."""
+        if self.response is not None:
+            y = self.response.to_response(x, y, self)
         return self.flow(x).transform(y)  # type: ignore[no-any-return]
 
     def configure_optimizers(self, lr: float) -> list[torch.optim.Optimizer]:
@@ -146,6 +155,8 @@ class FlowNet(StandardisationBuffers):
         z = torch.randn(len(x), self.n_targets, generator=generator, device=dev)
         with eval_mode(self):
             y = self.flow(x).transform.inv(z)
+            if self.response is not None:
+                y = self.response.from_response(x, y, self)
             if self.efficiency is not None:
                 p = torch.sigmoid(self.efficiency(x).squeeze(1))
                 lost = torch.rand(len(x), generator=generator, device=dev) >= p

@@ -44,6 +44,7 @@ from models.base import (
     model_dtype,
 )
 from models.manifest import Manifest
+from models.response import ResponseMap, response_dims, response_map
 
 __all__ = ["FAMILY", "GANConfig", "GANNet", "generative_data_spec"]
 
@@ -70,6 +71,7 @@ class GANConfig:
     ema: float = 0.0  # decay of the generator-weight EMA per generator step (0: off)
     critic_lr_factor: float = 1.0  # TTUR: the critic's learning rate is lr × this
     spectral_norm: bool = False  # spectral normalisation of the critic's linear layers
+    response: bool = False  # generate the response r(reco, truth) (models.response), not reco
 
     def __post_init__(self) -> None:
         if not (0.0 <= self.ema < 1.0):
@@ -91,11 +93,12 @@ def generative_data_spec(manifest: Manifest, family: str) -> DataSpec:
             raise ConfigError(f"manifest.json: 'generative.{key}' must be a non-empty list")
     assert isinstance(cond, (list, tuple)) and isinstance(target, (list, tuple))
     x_cols, y_cols = tuple(map(str, cond)), tuple(map(str, target))
+    response = response_dims(manifest.resolution, x_cols, y_cols)
     return DataSpec(
         x_columns=x_cols,
         y_columns=y_cols,
         target_kind="continuous",
-        dims=DataDims(n_inputs=len(x_cols), n_targets=len(y_cols), names=y_cols),
+        dims=DataDims(n_inputs=len(x_cols), n_targets=len(y_cols), names=y_cols, **response),
         standardise=x_cols + y_cols,
     )
 
@@ -140,6 +143,7 @@ class GANNet(StandardisationBuffers):
         self.efficiency: nn.Module | None = None
         if config.efficiency_head:
             self.efficiency = mlp(dims.n_inputs, [32, 32], 1)
+        self.response: ResponseMap | None = response_map(dims, NAME) if config.response else None
         self.generator_ema: nn.Module | None = None
         if config.ema > 0:
             import copy
@@ -199,6 +203,8 @@ class GANNet(StandardisationBuffers):
             eff_loss = F.binary_cross_entropy_with_logits(logit, ok.to(logit.dtype))
             if int(ok.sum()) >= 2:
                 x, real = x[ok], real[ok]
+        if self.response is not None:  # generator and critic work on the response
+            real = self.response.to_response(x, real, self)
         with torch.no_grad():
             fake = self(x, self.noise(len(x)))
         d_real, d_fake = self.score(x, real), self.score(x, fake)
@@ -238,6 +244,8 @@ class GANNet(StandardisationBuffers):
             x = x.to(model_device(self), model_dtype(self))
             net = self.generator_ema if self.generator_ema is not None else self.generator
             y: Tensor = net(torch.cat([x, self.noise(len(x), generator)], dim=1))
+            if self.response is not None:
+                y = self.response.from_response(x, y, self)
             if self.efficiency is not None:
                 p = torch.sigmoid(self.efficiency(x).squeeze(1))
                 lost = torch.rand(len(x), generator=generator, device=x.device) >= p
@@ -262,7 +270,17 @@ class GANNet(StandardisationBuffers):
         gen = torch.Generator(device=dev).manual_seed(EVAL_SEED)
         fake = self.sample_standardised(x, gen)
         with eval_mode(self):
-            both = torch.cat([x, real, fake], dim=1)
+            if self.response is not None:  # the critic scores responses
+                both = torch.cat(
+                    [
+                        x,
+                        self.response.to_response(x, real, self),
+                        self.response.to_response(x, fake, self),
+                    ],
+                    dim=1,
+                )
+            else:
+                both = torch.cat([x, real, fake], dim=1)
             nx, ny = x.shape[1], real.shape[1]
 
             def critic_gap(c: Tensor) -> Tensor:

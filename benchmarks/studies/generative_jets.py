@@ -102,6 +102,8 @@ class Settings:
     samples: tuple[str, ...]
     scan_samples: tuple[str, ...]
     fast: bool
+    scan_rows: int | None  # the scans' trials read the first rows of each split only
+    final_epochs: int  # the best configuration, retrained on every training row
     batch_size: int = 1024
     seed: int = 7
 
@@ -158,18 +160,19 @@ def scan_overrides(family: str, data: Path, s: Settings) -> dict[str, Any]:
         "register": False,
         "seed": s.seed,
     }
-    if family == "gan":
-        out["scheduler"] = {"type": "asha", "grace_period": 4 if not s.fast else 1}
+    out["fixed"] = {**shipped.get("fixed", {}), "max_rows": s.scan_rows}
+    out["scheduler"] = {"type": "asha", "grace_period": 2 if family == "gan" else 1}
+    if family == "gan":  # a GAN needs generator steps: 4x more of them per row than at 1024
+        out["fixed"]["batch_size"] = 256
     if s.fast:
         out["search_space"] = FAST_SPACES[family]
-        out["fixed"] = {**shipped.get("fixed", {}), "batch_size": 512}
+        out["fixed"] = {**out["fixed"], "batch_size": 512}
         out["scheduler"] = {"type": "asha", "grace_period": 1, "reduction_factor": 3}
     return out
 
 
 def run_scan(family: str, sample: str, data: Path, s: Settings, cache: Path) -> dict[str, Any]:
-    """A real scan of ``family``; the best trial's model and the parent run id."""
-    from jobs.apply.bundle import bundle_from_checkpoint
+    """A real scan of ``family``: the best trial's checkpoint and the parent run id."""
     from scan import launch
     from scan.publish import ranked_checkpoints
 
@@ -182,28 +185,69 @@ def run_scan(family: str, sample: str, data: Path, s: Settings, cache: Path) -> 
     if not best:
         raise RuntimeError(f"{scan_dir}: no trial of the {family} scan left a checkpoint")
     _, trial_id, ckpt, metrics = best[0]
+    seconds = time.perf_counter() - start
+    print(
+        f"  {sample}/{family}: scan {scan_dir.name}, {len(result.trials)} trials in "
+        f"{seconds:.0f} s; best {trial_id} {metrics} parent run {result.parent_run_id}",
+        flush=True,
+    )
+    return {
+        "checkpoint": ckpt,
+        "parent_run_id": result.parent_run_id or "—",
+        "trials": len(result.trials),
+        "scan_dir": str(scan_dir),
+        "best_config": result.best_config,
+        "scan_s": seconds,
+        "sample": sample,
+    }
+
+
+def final_model(
+    family: str, sample: str, checkpoint: Path, data: Path, s: Settings, cache: Path
+) -> dict[str, Any]:
+    """The scan's best configuration (read from its checkpoint) trained again on every training
+    row of ``data`` for ``final_epochs`` (the scans read ``scan_rows`` rows per split), in this
+    process; the best epoch's model and its column orders."""
+    import dataclasses
+
+    import torch as _torch
+
+    from jobs.apply.bundle import bundle_from_checkpoint, checkpoint_file
+    from jobs.train import train, train_config_from_dict
+
+    stored = _torch.load(checkpoint_file(checkpoint), map_location="cpu", weights_only=True)
+    cfg = dict(stored["train_config"])
+    out_dir = cache / f"final-{NAME}-{sample}-{family}-{time.strftime('%Y%m%d-%H%M%S')}"
+    cfg.update(
+        dataset=str(data),
+        max_rows=None,
+        epochs=s.final_epochs,
+        patience=0,
+        backend="single",
+        workers=1,
+        checkpoint_dir=str(out_dir),
+    )
+    start = time.perf_counter()
+    with common.torch_threads(2):
+        result = train(train_config_from_dict(cfg, f"{family} final training"))
+    ckpt = result.best_checkpoint_path or result.checkpoint_path
+    if ckpt is None:
+        raise RuntimeError(f"{out_dir}: the final {family} training wrote no checkpoint")
     bundle = bundle_from_checkpoint(ckpt)
-    model = bundle.build()
     # the model's column order (the manifest may list the quantities in another order)
     x_order = [QUANTITIES.index(c.split("_", 1)[1]) for c in bundle.spec.x_columns]
     if family == "resolution":
         y_order = x_order  # smear returns the quantities in input order
     else:
         y_order = [QUANTITIES.index(c.split("_", 1)[1]) for c in bundle.spec.y_columns]
+    seconds = time.perf_counter() - start
     print(
-        f"  {sample}/{family}: scan {scan_dir.name}, {len(result.trials)} trials in "
-        f"{time.perf_counter() - start:.0f} s; best {trial_id} {metrics} "
-        f"parent run {result.parent_run_id}"
+        f"  {sample}/{family}: final training {result.epochs_run} epochs on all rows in "
+        f"{seconds:.0f} s, best epoch {result.best_epoch} "
+        f"({dataclasses.asdict(result.config)['monitor']} {result.best_metric:.4g})",
+        flush=True,
     )
-    return {
-        "model": model,
-        "x_order": x_order,
-        "y_order": y_order,
-        "parent_run_id": result.parent_run_id or "—",
-        "trials": len(result.trials),
-        "scan_dir": str(scan_dir),
-        "best_config": result.best_config,
-    }
+    return {"model": bundle.build(), "x_order": x_order, "y_order": y_order, "final_s": seconds}
 
 
 def generate(
@@ -299,11 +343,13 @@ def settings_for(fast: bool, **kw: Any) -> Settings:
         train_events=20_000 if fast else 400_000,
         test_events=60_000 if fast else 400_000,
         trials=2 if fast else 24,
-        epochs=2 if fast else 20,
+        epochs=2 if fast else 12,
         min_count=1000 if fast else 2000,
         samples=SAMPLES,
-        scan_samples=("jets",) if fast else SAMPLES,
+        scan_samples=("jets",),
         fast=fast,
+        scan_rows=None if fast else 50_000,
+        final_epochs=1 if fast else 8,
         batch_size=512 if fast else 1024,
     )
     for k, v in kw.items():
@@ -344,6 +390,7 @@ def run(
     results: dict[str, dict[str, dict[str, Any]]] = {}
     contenders: dict[str, list[Contender]] = {}
     evals: dict[str, Objects] = {}
+    scans: dict[str, dict[str, Any]] = {}  # family -> its scan (a later sample reuses it)
     with common.torch_threads(1), _ray(cache, any(s.scan_samples)), common.output_dir(out) as tmp:
         for sample in s.samples:
             train = load_objects(sample, s.train_events, s.seed, cache)
@@ -359,12 +406,15 @@ def run(
                 Contender("simulator (reseed)", reseed.reco, reseed.ok, reseed.truth, sim_speed),
                 Contender("Gaussian per |η| bin", g_reco, g_ok, ev.truth, g_speed),
             ]
-            if sample in s.scan_samples:
+            if sample in s.scan_samples or scans:
                 data = training_data(sample, s.train_events, s.seed, cache)
                 for fam in families:
-                    sc = run_scan(fam, sample, data, s, cache)
+                    if sample in s.scan_samples:
+                        scans[fam] = run_scan(fam, sample, data, s, cache)
+                    sc = scans[fam]
+                    fin = final_model(fam, sample, sc["checkpoint"], data, s, cache)
                     reco, ok, speed = generate(
-                        fam, sc["model"], ev.truth, s.seed, sc["x_order"], sc["y_order"]
+                        fam, fin["model"], ev.truth, s.seed, fin["x_order"], fin["y_order"]
                     )
                     cs.append(
                         Contender(
@@ -376,7 +426,12 @@ def run(
                             source=sc["parent_run_id"],
                             trials=sc["trials"],
                             scan_dir=sc["scan_dir"],
-                            extra={"best_config": sc["best_config"]},
+                            extra={
+                                "best_config": sc["best_config"],
+                                "scanned_on": sc["sample"],
+                                "scan_s": sc["scan_s"],
+                                "final_s": fin["final_s"],
+                            },
                         )
                     )
             contenders[sample] = cs

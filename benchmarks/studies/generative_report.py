@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -85,9 +86,44 @@ def tables(
         ["sample", "contender", *[f"{c:.2f}" for c in centres]],
         eff_rows,
     )
-    return [main, dist, eff]
+    scan_rows = []
+    for sample, cs in contenders.items():
+        for c in cs:
+            if c.extra.get("scanned_on"):
+                cfg = {k: v for k, v in c.extra["best_config"].items() if k not in _STATIC}
+                scan_rows.append(
+                    [
+                        sample,
+                        c.name,
+                        c.extra["scanned_on"],
+                        c.source,
+                        c.trials,
+                        c.extra["scan_s"],
+                        c.extra["final_s"],
+                        json.dumps(cfg, sort_keys=True, default=str),
+                    ]
+                )
+    scans = common.Table(
+        f"Scans and final trainings (scans: TPE + ASHA, {s.trials} trials, ≤ {s.epochs} epochs "
+        f"on the first {s.scan_rows or 'all'} rows per split, concurrency 2; final: the best "
+        f"configuration on every training row, {s.final_epochs} epochs, best epoch kept)",
+        [
+            "sample",
+            "family",
+            "scanned on",
+            "scan parent run",
+            "trials",
+            "scan s",
+            "final training s",
+            "best configuration",
+        ],
+        scan_rows,
+    )
+    return [main, scans, dist, eff]
 
 
+# keys of a trial's config that are the same for every trial of a scan
+_STATIC = ("dataset", "family", "workers", "backend", "monitor", "mode", "seed", "max_epochs")
 EFF_EDGES_LABEL = np.linspace(0.0, 4.0, 17)
 
 
