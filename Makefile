@@ -60,7 +60,7 @@ typecheck: install
 	$(VENV)/bin/mypy
 
 pytest: install system-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 test: lint typecheck pytest
 

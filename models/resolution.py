@@ -9,11 +9,13 @@ plus a last inefficiency class (object not reconstructed).
 Manifest section this family reads (written by jobs/preprocess)::
 
     "resolution": {"n_classes": 100,
-                   "quantities": {"pt":  {"edges": [... n_classes + 1 ...], "relative": true},
-                                  "eta": {"edges": [...]},
-                                  "phi": {"edges": [...], "periodic": true}, ...}}
+                   "quantities": {"pt":  {"edges": [... n_classes + 1 ...], "mode": "relative"},
+                                  "eta": {"edges": [...], "mode": "absolute"},
+                                  "phi": {"edges": [...], "mode": "angle"}, ...}}
 
-``relative`` defaults to false, ``periodic`` to ``q == "phi"``.
+``mode`` is what preprocess writes (with the ``truth`` and ``reco`` columns); a hand-built
+manifest may give the flags ``relative`` (default false) and ``periodic`` (default
+``q == "phi"``) instead.
 
 :meth:`ResolutionNet.smear` turns truth objects into reco objects: one Bernoulli draw decides
 whether the object is reconstructed (probability 1 − mean over heads of the inefficiency
@@ -100,8 +102,11 @@ def data_spec(manifest: Manifest) -> DataSpec:
                 f"manifest.json: 'resolution.quantities.{q}.edges' must be strictly increasing"
             )
         edges.append(ef)
-        relative.append(bool(info.get("relative", False)))
-        periodic.append(bool(info.get("periodic", q == "phi")))
+        # hepscan preprocess writes ``mode`` (relative | absolute | angle); hand-built
+        # manifests may give the two flags instead
+        mode = info.get("mode")
+        relative.append(mode == "relative" if mode else bool(info.get("relative", False)))
+        periodic.append(mode == "angle" if mode else bool(info.get("periodic", q == "phi")))
     x_cols = tuple(f"truth_{q}" for q in names)
     return DataSpec(
         x_columns=x_cols,

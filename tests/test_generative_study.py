@@ -90,9 +90,15 @@ def test_generative_study_fast(tmp_path: Path, capsys: pytest.CaptureFixture[str
     rows = common.read_csv(out / "table_0.csv")
     jets = {r["contender"]: r for r in rows if r["sample"] == "jets"}
     assert set(jets) == {"simulator (reseed)", "Gaussian per |η| bin", "flow", "gan", "resolution"}
+    tail = {r["contender"]: r for r in rows if r["sample"] == "jets_tail"}
+    scans = {(r["sample"], r["family"]): r for r in common.read_csv(out / "table_1.csv")}
     for fam in ("flow", "gan", "resolution"):
         assert re.fullmatch(r"[0-9a-f]{32}", jets[fam]["scan parent run"]), jets[fam]
         assert int(jets[fam]["trials"]) == 2
+        # jets_tail: the jets scan's best configuration, trained again on the tail sample
+        assert tail[fam]["scan parent run"] == jets[fam]["scan parent run"]
+        assert scans[("jets_tail", fam)]["scanned on"] == "jets"
+        assert float(scans[("jets", fam)]["final training s"]) > 0
     r = res["results"]
     for sample in ("jets", "jets_tail"):
         floor = r[sample]["simulator (reseed)"]

@@ -176,6 +176,29 @@ def test_smear_maps_classes_into_their_bins() -> None:
     assert ((d_phi >= e[2][2] - 1e-5) & (d_phi <= e[2][3] + 1e-5)).all()
 
 
+def test_resolution_reads_the_mode_that_preprocess_writes() -> None:
+    """jobs/preprocess writes ``mode`` per quantity, not the ``relative``/``periodic`` flags:
+    the family must take pT as relative and φ as an angle from it (smearing used to add the
+    relative class edges to pT in GeV)."""
+    from models.manifest import Manifest
+    from models.resolution import data_spec
+
+    edges = [-0.1, 0.0, 0.1]
+    quantities = {
+        q: {
+            "column": f"res_{q}",
+            "truth": f"truth_{q}",
+            "reco": f"reco_{q}",
+            "mode": m,
+            "edges": edges,
+        }
+        for q, m in (("eta", "absolute"), ("phi", "angle"), ("pt", "relative"))
+    }
+    spec = data_spec(Manifest.from_dict({"resolution": {"n_classes": 2, "quantities": quantities}}))
+    assert spec.dims.relative == (False, False, True)
+    assert spec.dims.periodic == (False, True, False)
+
+
 def test_smear_inefficiency_class_means_not_reconstructed() -> None:
     model, _ = build("resolution")
     with torch.no_grad():

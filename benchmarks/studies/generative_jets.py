@@ -349,7 +349,7 @@ def settings_for(fast: bool, **kw: Any) -> Settings:
         scan_samples=("jets",),
         fast=fast,
         scan_rows=None if fast else 50_000,
-        final_epochs=1 if fast else 8,
+        final_epochs=1 if fast else 15,
         batch_size=512 if fast else 1024,
     )
     for k, v in kw.items():
