@@ -95,9 +95,9 @@ prior-shift-closure: install
 		--figure docs/figures/prior_shift_closure.png
 
 # Fast detector simulation (issue 12): flow vs GAN vs resolution-classifier sampling vs the
-# simulator on jets and jets_tail, each the best of a 24-trial TPE + ASHA scan; last line
-# flow_auc=<value>. Not yet run in full mode; estimated 2-3 h on a quiet 2-core machine
-# (docs/studies.md, study 10; --scan-samples jets --epochs 10 for ~40 min).
+# simulator on jets and jets_tail; each family the best of a 24-trial TPE + ASHA scan on jets
+# (50k rows per split), retrained on all 320k training rows; last line flow_auc=<value>.
+# ~30-40 min on a quiet 2-core machine (docs/studies.md, study 10).
 generative-jets: install
 	PYTHONPATH=. $(PY) -m benchmarks.studies.generative_jets
 

@@ -13,6 +13,11 @@ object that was not reconstructed) train a logistic head p(reconstructed | truth
 out of the flow's likelihood; :meth:`FlowNet.sample` draws the Bernoulli first and returns
 all-zero targets for the lost objects. Without it the flow has to spread density onto that
 spike at 0 (issue 12).
+
+``response=True`` models the detector response instead of reco (:mod:`models.response`: reco/
+truth − 1 for pT and m, Δη, wrapped Δφ, each over its spread, paired through the manifest's
+``resolution`` quantities); ``log_prob`` adds the map's Jacobian, so it is still log p(reco |
+truth). On the jets study this took the flow from classifier AUC 0.870 to 0.545 (issue 12).
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ draws the Bernoulli first and returns all-zero targets for lost objects. ``ema >
 exponential moving average of the generator's weights (decay ``ema`` per generator step),
 which :meth:`sample` and :meth:`evaluate` use; ``critic_lr_factor`` (two time-scale update
 rule) and ``spectral_norm`` (of the critic's layers) are the other stabilisers (issue 12).
+``response=True``: the generator produces, and the critic judges, the detector response
+(:mod:`models.response`) rather than reco; :meth:`sample` maps it back to reco.
 """
 
 from __future__ import annotations
