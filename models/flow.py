@@ -131,8 +131,8 @@ class FlowNet(StandardisationBuffers):
         response times the map's Jacobian)."""
         if self.response is None:
             return self.flow(x).log_prob(y)  # type: ignore[no-any-return]
-        r = self.response.to_response(x, y, self)
-        return self.flow(x).log_prob(r) + self.response.log_abs_det(x, self)  # type: ignore[no-any-return]
+        r, log_det = self.response.to_response_with_log_det(x, y, self)
+        return self.flow(x).log_prob(r) + log_det  # type: ignore[no-any-return]
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         return self.log_prob(y, x)

@@ -98,7 +98,15 @@ class ResponseMap(nn.Module):
         return (x * std.x_std + std.x_mean)[:, self.pairs]
 
     def to_response(self, x: Tensor, y: Tensor, std: Any) -> Tensor:
+        return self._to_response(self._truth(x, std), y, std)
+
+    def to_response_with_log_det(self, x: Tensor, y: Tensor, std: Any) -> tuple[Tensor, Tensor]:
+        """:meth:`to_response` and :meth:`log_abs_det` from one look-up of the truth columns
+        (the flow's loss needs both)."""
         truth = self._truth(x, std)
+        return self._to_response(truth, y, std), self._log_abs_det(truth, std)
+
+    def _to_response(self, truth: Tensor, y: Tensor, std: Any) -> Tensor:
         reco = y * std.y_std + std.y_mean
         diff = torch.where(self.periodic, self._wrap(reco - truth), reco - truth)
         r = torch.where(self.relative, diff / truth, diff)
@@ -113,8 +121,11 @@ class ResponseMap(nn.Module):
 
     def log_abs_det(self, x: Tensor, std: Any) -> Tensor:
         """log |∂r/∂y| per row, (B,): what turns a density of r into one of y."""
-        per = torch.log(std.y_std / self.scales).expand(len(x), -1)
-        rel = torch.log(self._truth(x, std).abs().clamp_min(1e-12))
+        return self._log_abs_det(self._truth(x, std), std)
+
+    def _log_abs_det(self, truth: Tensor, std: Any) -> Tensor:
+        per = torch.log(std.y_std / self.scales).expand(len(truth), -1)
+        rel = torch.log(truth.abs().clamp_min(1e-12))
         return (per - torch.where(self.relative, rel, torch.zeros_like(rel))).sum(dim=1)
 
 

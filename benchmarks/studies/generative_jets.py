@@ -208,14 +208,10 @@ def final_model(
     """The scan's best configuration (read from its checkpoint) trained again on every training
     row of ``data`` for ``final_epochs`` (the scans read ``scan_rows`` rows per split), in this
     process; the best epoch's model and its column orders."""
-    import dataclasses
-
-    import torch as _torch
-
     from jobs.apply.bundle import bundle_from_checkpoint, checkpoint_file
     from jobs.train import train, train_config_from_dict
 
-    stored = _torch.load(checkpoint_file(checkpoint), map_location="cpu", weights_only=True)
+    stored = torch.load(checkpoint_file(checkpoint), map_location="cpu", weights_only=True)
     cfg = dict(stored["train_config"])
     out_dir = cache / f"final-{NAME}-{sample}-{family}-{time.strftime('%Y%m%d-%H%M%S')}"
     cfg.update(
@@ -244,7 +240,7 @@ def final_model(
     print(
         f"  {sample}/{family}: final training {result.epochs_run} epochs on all rows in "
         f"{seconds:.0f} s, best epoch {result.best_epoch} "
-        f"({dataclasses.asdict(result.config)['monitor']} {result.best_metric:.4g})",
+        f"({result.config.monitor} {result.best_metric:.4g})",
         flush=True,
     )
     return {"model": bundle.build(), "x_order": x_order, "y_order": y_order, "final_s": seconds}
