@@ -61,6 +61,8 @@ def data_spec(manifest: Manifest) -> DataSpec:
         target_kind="class",
         dims=DataDims(n_inputs=len(features), n_classes=(2,)),
         drop_negative_y=True,
+        # published as a score model (scan.publish logs the winner like any family's)
+        extra={"output": "score"},
     )
 
 
@@ -85,6 +87,12 @@ class WorkMLP(nn.Module):
             self.net, self.x_fixed, self.y_fixed, self.config.steps, lambda loss: step_fn(opt, loss)
         )
         return {"loss": loss, "t0": t0, "t1": t1}
+
+    @torch.no_grad()
+    def score(self, x: Tensor) -> Tensor:
+        """0.5 for every row: the family learns nothing about the data; this only lets the
+        winner be published (a bundle logged to MLflow) as every scan's winner is."""
+        return torch.full((x.shape[0],), 0.5)
 
     @torch.no_grad()
     def evaluate(self, data: dict[str, Tensor]) -> dict[str, float]:

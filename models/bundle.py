@@ -267,6 +267,17 @@ class ModelBundle:
         return torch.as_tensor(np.asarray(x, dtype=np.float64), dtype=dtype)
 
     # ------------------------------------------------------------------ predictions
+    def _method(self, model: Any, name: str) -> Any:
+        """``model.<name>``, or one error naming the family, its kind and the missing method."""
+        fn = getattr(model, name, None)
+        if not callable(fn):
+            raise ConfigError(
+                f"model family {self.family!r} ({self.kind} kind, from its data_spec) has no "
+                f"method {name}(x) on its module {type(model).__name__}: a trained {self.kind} "
+                f"model needs it to predict (hepscan apply, the published MLflow model)"
+            )
+        return fn
+
     def truth_probabilities(self, frame: Mapping[str, Any], where: str = "input") -> np.ndarray:
         """(rows, bins) float64: each event's probabilities over the truth bins.
 
@@ -277,7 +288,7 @@ class ModelBundle:
         model = self.build()
         x = self.inputs(frame, where)
         with torch.no_grad():
-            probs = model.predict_proba(x).double()  # type: ignore[operator]
+            probs = self._method(model, "predict_proba")(x).double()
         n = self.n_bins
         if probs.shape[1] == n and "reco_bin" not in self.spec.x_columns:
             return np.asarray(probs.numpy(), dtype=np.float64)
@@ -321,22 +332,22 @@ class ModelBundle:
         model = self.build()
         x = self.inputs(frame, where)
         if kind == "score":
-            return {"score": model.score(x).double().numpy()}  # type: ignore[operator]
+            return {"score": self._method(model, "score")(x).double().numpy()}
         gen = torch.Generator().manual_seed(int(seed))
         names = list(self.spec.dims.names) or [f"q{i}" for i in range(len(self.spec.y_columns))]
         with torch.no_grad():
             if kind == "resolution" and output == "proba":
-                logits = model(model.standardise_x(x))  # type: ignore[operator]
+                logits = model(self._method(model, "standardise_x")(x))
                 p = torch.softmax(logits, dim=-1).double().numpy()
                 return {
                     f"p_{q}_{k}": p[:, i, k] for i, q in enumerate(names) for k in range(p.shape[2])
                 }
             if kind == "resolution":
-                reco, ok = model.smear(x, generator=gen)  # type: ignore[operator]
+                reco, ok = self._method(model, "smear")(x, generator=gen)
                 out = {f"reco_{q}": reco[:, i].double().numpy() for i, q in enumerate(names)}
                 out["reconstructed"] = ok.numpy()
                 return out
-            y = model.sample(x, generator=gen)  # type: ignore[operator]
+            y = self._method(model, "sample")(x, generator=gen)
         return {c: y[:, i].double().numpy() for i, c in enumerate(self.spec.y_columns)}
 
     def output_columns(self, output: str | None = None) -> list[str]:

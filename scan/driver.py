@@ -115,8 +115,30 @@ def _static(cfg: ScanConfig) -> dict[str, Any]:
     }
 
 
-def _init_ray(address: str | None, scan_dir: Path, verbose: int = 1) -> bool:
-    """Start or join Ray; True if this call started it (and should shut it down)."""
+# What the driver imports next, after ray.init: loaded in a thread while ray.init starts the
+# cluster, when the driver mostly waits on its new processes (measured on 2 cores: ray.init +
+# these imports 13.9 s one after the other, 10.3 s overlapped).
+_WARM_IMPORTS = ("mlflow", "mlflow.store.tracking.sqlalchemy_store", "optuna")
+_WARM_IMPORTS_TUNE = ("ray.tune.search.optuna", "ray.tune.schedulers")
+
+
+def _warm_imports(names: tuple[str, ...]) -> None:
+    import importlib
+
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - the real import raises it where it is needed
+            log.debug("warm import of %s failed (%s)", name, exc)
+
+
+def _init_ray(
+    address: str | None, scan_dir: Path, verbose: int = 1, warm: tuple[str, ...] = ()
+) -> bool:
+    """Start or join Ray; True if this call started it (and should shut it down). ``warm``:
+    modules imported in a thread meanwhile (done when this returns)."""
+    import threading
+
     ray = require("ray")
 
     if ray.is_initialized():
@@ -136,9 +158,16 @@ def _init_ray(address: str | None, scan_dir: Path, verbose: int = 1) -> bool:
             kwargs["num_cpus"] = int(cpus)
     else:
         kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}}
+    # the imports run under the same filter: warnings.catch_warnings is process-wide, so the
+    # thread must not set its own, and it is joined before the filters are restored
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ray.init(address=address, **kwargs)
+        thread = threading.Thread(target=_warm_imports, args=(warm,), name="hepscan-imports")
+        thread.start()
+        try:
+            ray.init(address=address, **kwargs)
+        finally:
+            thread.join()
     return True
 
 
@@ -364,7 +393,10 @@ def _run(
     # Snapshots after every checkpoint are wanted here (resume consistency); Tune warns about them.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # see _make_result_logger in _tuner
-    started_ray = _init_ray(address, scan_dir, verbose)
+    warm: tuple[str, ...] = _WARM_IMPORTS + _WARM_IMPORTS_TUNE
+    if cfg.backend == "horovod" and cfg.resources.workers > 1:
+        warm += ("horovod.torch",)  # check_cluster imports it
+    started_ray = _init_ray(address, scan_dir, verbose, warm)
     key = str(scan_dir)
     try:
         check_cluster(cfg)

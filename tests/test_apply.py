@@ -352,6 +352,19 @@ def _untrained_bundle(dataset: Path, seed: int = 0) -> Any:
     return b
 
 
+def test_a_model_without_the_method_of_its_kind_gets_one_clear_error(dataset: Path) -> None:
+    import torch
+
+    from models.errors import ConfigError
+
+    b = _untrained_bundle(dataset)
+    frame = {c: np.zeros(3) for c in b.input_columns()}
+    assert b.predict(frame)["p_0"].shape == (3,)  # the real module has predict_proba
+    b._model = torch.nn.Linear(1, 1)  # a user's module that lacks it
+    with pytest.raises(ConfigError, match=r"'unfold_bins' \(unfold kind.* no method predict_proba"):
+        b.predict(frame)
+
+
 def test_bootstrap_covariance_is_the_poisson_covariance(dataset: Path) -> None:
     """Poisson(1) weights: Cov(Σ w_i p_i) = Σ p_i p_iᵀ exactly; the bootstrap estimates it with
     relative error ~ sqrt(2/B) = 3 % for B = 2000 (seeded, so the test is deterministic)."""
