@@ -188,7 +188,7 @@ def _group_envs(backend: str, workers: int) -> list[dict[str, Any]]:
 
     @ray.remote(num_cpus=0.1)
     def build() -> list[dict[str, Any]]:
-        from scan.trainable import _DdpGroup, _HorovodGroup
+        from scan.ranks import _DdpGroup, _HorovodGroup
 
         group: Any = (_DdpGroup if backend == "ddp" else _HorovodGroup)(workers, 0.25, 1.0, 60.0)
         try:
