@@ -282,27 +282,24 @@ def run_hepscan(
     marks: dict[str, float] = {}
     init_ray, make_tuner = driver._init_ray, driver._tuner
 
-    def timed_init(*a: Any, **k: Any) -> bool:
-        t = time.time()
-        try:
-            return init_ray(*a, **k)
-        finally:
-            marks["ray_init"] = time.time() - t
-            marks["ray_up"] = time.time()
+    def timed(fn: Any, mark: str) -> Any:
+        def wrapper(*a: Any, **k: Any) -> Any:
+            t = time.time()
+            try:
+                return fn(*a, **k)
+            finally:
+                marks[mark] = time.time() - t
+                marks[f"{mark}_end"] = time.time()
+
+        return wrapper
 
     def timed_tuner(*a: Any, **k: Any) -> Any:
         out = make_tuner(*a, **k)
-        marks["setup"] = time.time() - marks["ray_up"]
+        marks["setup"] = time.time() - marks["ray_init_end"]
         return out
 
     publish_at_end = publish.publish_at_end
-
-    def timed_publish(*a: Any, **k: Any) -> Any:
-        t = time.time()
-        try:
-            return publish_at_end(*a, **k)
-        finally:
-            marks["publish"] = time.time() - t
+    timed_init, timed_publish = timed(init_ray, "ray_init"), timed(publish_at_end, "publish")
 
     # timing only
     driver._init_ray, driver._tuner, publish.publish_at_end = timed_init, timed_tuner, timed_publish
