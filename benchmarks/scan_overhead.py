@@ -15,10 +15,12 @@
 child run (sqlite store). An epoch is ``steps`` SGD steps of a fixed-size MLP on every rank
 (:mod:`benchmarks.cpu_work`), with the backend's gradient all-reduce at every step.
 
-**Calibration (same run, first).** Two bare processes (no Ray, one torch thread each, running at
-the same time as the two ranks do) time the MLP step; ``steps`` is set so an epoch is
-``--epoch-s`` (default 1 s) of work per rank; then both run 3 epochs of ``steps`` steps and the
-median is the *measured epoch time* ``E``.
+**Calibration (same run, before and after the scans).** Two bare processes (no Ray, one torch
+thread each, running at the same time as the two ranks do) time the MLP step; ``steps`` is set so
+an epoch is ``--epoch-s`` (default 1 s) of work per rank; then a bare 2-rank group with the
+backend's all-reduce runs 3 epochs of ``steps`` steps, once before the scans and once after them.
+The median of those six epochs is the *measured epoch time* ``E``: on this shared 2-core machine
+one calibration alone swung by 42 % between runs, more than anything the product changed.
 
 **Ideal and concurrency.** A trial holds 2 CPUs (2 ranks x 1 CPU) and the machine has 2, so
 one trial runs at a time: the trial concurrency is 1 while both cores work (a rank is the unit
@@ -52,7 +54,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing as mp
 import os
 import statistics
@@ -152,37 +153,47 @@ def _ddp_rank(args: tuple[int, int, int, int]) -> list[float]:
     return _collective_epochs("ddp", steps, epochs, rank, 2, port)
 
 
-def calibrate(epoch_s: float, backend: str, ranks: int = 2) -> tuple[int, float, float]:
-    """(steps per epoch, E_compute, E): steps so that the compute of an epoch is ``epoch_s``
-    per rank (``ranks`` bare processes side by side); E_compute the median epoch of that
-    compute alone; E the median epoch of a bare 2-rank group with the backend's all-reduce."""
-    import socket
-
+def calibrate(epoch_s: float, backend: str, ranks: int = 2) -> tuple[int, float, list[float]]:
+    """(steps per epoch, E_compute, group epochs): steps so that the compute of an epoch is
+    ``epoch_s`` per rank (``ranks`` bare processes side by side); E_compute the median epoch of
+    that compute alone; then 3 epochs of a bare 2-rank group with the backend's all-reduce
+    (:func:`group_epochs`)."""
     ctx = mp.get_context("spawn")
     with ctx.Pool(ranks) as pool:
         per_step = max(r[0] for r in pool.map(_bare_rank, [(0, 0, i) for i in range(ranks)]))
         steps = max(1, round(epoch_s / per_step))
         runs = pool.map(_bare_rank, [(steps, 3, i) for i in range(ranks)], chunksize=1)
         compute = statistics.median(max(r[i] for r in runs) for i in range(3))
-        if backend == "ddp":
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = int(s.getsockname()[1])
-            runs = pool.map(_ddp_rank, [(steps, 3, r, port) for r in range(ranks)], chunksize=1)
+    return steps, compute, group_epochs(backend, steps, ranks)
+
+
+def group_epochs(backend: str, steps: int, ranks: int = 2, epochs: int = 3) -> list[float]:
+    """Wall times of ``epochs`` epochs of a bare ``ranks``-rank group (no Ray) with the
+    backend's all-reduce; an epoch of the group ends when its slowest rank ends. The benchmark
+    runs it before and after the scans, and ``E`` is the median of both (one noisy calibration
+    on a shared machine must not set the ratio alone)."""
+    import socket
+
     if backend == "horovod":
         import horovod
 
         runs = horovod.run(
             _collective_epochs,
-            args=("horovod", steps, 3),
+            args=("horovod", steps, epochs),
             np=ranks,
             use_gloo=True,
             hosts=f"localhost:{ranks}",
             verbose=0,
         )
-    # an epoch of the group ends when its slowest rank ends
-    epoch = statistics.median(max(r[i] for r in runs) for i in range(3))
-    return steps, compute, epoch
+    else:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        with mp.get_context("spawn").Pool(ranks) as pool:
+            runs = pool.map(
+                _ddp_rank, [(steps, epochs, r, port) for r in range(ranks)], chunksize=1
+            )
+    return [max(r[i] for r in runs) for i in range(epochs)]
 
 
 # -- breakdown -----------------------------------------------------------------------------------
@@ -577,26 +588,39 @@ def main(argv: list[str] | None = None) -> None:
 
     from jobs.train_synthetic import write_unfold_dataset
 
-    steps, compute, epoch = calibrate(args.epoch_s, args.backend)
+    steps, compute, before = calibrate(args.epoch_s, args.backend)
     print(
         f"cpus={os.cpu_count()} backend={args.backend} trials={args.trials} "
         f"max_epochs={args.epochs} mlp={DEPTH}x{WIDTH} rows={ROWS} steps/epoch={steps} "
         "concurrency=1 trial (2 ranks x 1 CPU on 2 CPUs)"
     )
     print(
-        f"calibration (bare processes, no Ray): compute per rank {compute:.3f}s/epoch, "
-        f"measured epoch E={epoch:.3f}s (2 ranks with {args.backend} all-reduce)"
+        f"calibration before the scans (bare processes, no Ray): compute per rank "
+        f"{compute:.3f}s/epoch, 2-rank {args.backend} epochs "
+        + ", ".join(f"{e:.3f}" for e in before)
+        + "s"
     )
+    results = []
     with tempfile.TemporaryDirectory(prefix="hepscan-overhead-") as d:
         tmp = Path(d)
         dataset = write_unfold_dataset(tmp / "data", rows=200, n_bins=2)
-        peer = math.nan
         if not args.no_peer:
-            wall, parts, marks = run_plain(args, steps, tmp)
-            peer = report("plain Ray Tune", wall, parts, marks, epoch, compute)
-            print(f"peer ratio (plain Ray Tune wall / ideal) = {peer:.3f}")
-        wall, parts, marks = run_hepscan(args, steps, tmp, dataset)
-        ratio = report("hepscan", wall, parts, marks, epoch, compute)
+            results.append(("plain Ray Tune", run_plain(args, steps, tmp)))
+        results.append(("hepscan", run_hepscan(args, steps, tmp, dataset)))
+    after = group_epochs(args.backend, steps)
+    epoch = statistics.median(before + after)
+    print(
+        f"calibration after the scans: 2-rank {args.backend} epochs "
+        + ", ".join(f"{e:.3f}" for e in after)
+        + f"s; measured epoch E={epoch:.3f}s (median of all six; before "
+        f"{statistics.median(before):.3f}s, after {statistics.median(after):.3f}s)"
+    )
+    ratios = {}
+    for name, (wall, parts, marks) in results:
+        ratios[name] = report(name, wall, parts, marks, epoch, compute)
+        if name != "hepscan":
+            print(f"peer ratio (plain Ray Tune wall / ideal) = {ratios[name]:.3f}")
+    ratio = ratios["hepscan"]
     print(f"ratio={ratio:.3f}")
 
 

@@ -163,11 +163,13 @@ def _init_ray(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         thread = threading.Thread(target=_warm_imports, args=(warm,), name="hepscan-imports")
-        thread.start()
+        if warm:
+            thread.start()
         try:
             ray.init(address=address, **kwargs)
         finally:
-            thread.join()
+            if warm:
+                thread.join()
     return True
 
 
