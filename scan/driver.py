@@ -163,13 +163,11 @@ def _init_ray(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         thread = threading.Thread(target=_warm_imports, args=(warm,), name="hepscan-imports")
-        if warm:
-            thread.start()
+        thread.start()
         try:
             ray.init(address=address, **kwargs)
         finally:
-            if warm:
-                thread.join()
+            thread.join()
     return True
 
 
