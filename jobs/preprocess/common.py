@@ -58,18 +58,25 @@ class KindSpec:
 def four_vectors(
     pt: np.ndarray, eta: np.ndarray, phi: np.ndarray, mass: np.ndarray | float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(px, py, pz, E) from pT, eta, phi and mass."""
-    px, py, pz = pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)
-    return px, py, pz, np.sqrt(px * px + py * py + pz * pz + mass * mass)
+    """(pT, phi, pz, E) from pT, eta, phi and mass.
+
+    No px, py: :func:`pair_sum` needs one cosine per pair (of the phi difference) rather than a
+    cosine and a sine per object; float64 cos/sin were 40 % of the zll selection's CPU time.
+    """
+    pz = pt * np.sinh(eta)
+    return pt, phi, pz, np.sqrt(pt * pt + pz * pz + mass * mass)
 
 
 def pair_sum(
     p4: tuple[np.ndarray, ...], i: np.ndarray, j: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Mass, px, py, pz, E of the sum of objects ``i`` and ``j``."""
-    px, py, pz, e = p4
-    sx, sy, sz, se = px[i] + px[j], py[i] + py[j], pz[i] + pz[j], e[i] + e[j]
-    return np.sqrt(np.maximum(se * se - sx * sx - sy * sy - sz * sz, 0.0)), sx, sy, sz, se
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Mass, pT, pz, E of the sum of objects ``i`` and ``j`` (``p4`` from :func:`four_vectors`)."""
+    pt, phi, pz, e = p4
+    pi, pj = pt[i], pt[j]
+    # |pT_i + pT_j|^2 = pT_i^2 + pT_j^2 + 2 pT_i pT_j cos(phi_i - phi_j)
+    st2 = np.maximum(pi * pi + pj * pj + 2.0 * pi * pj * np.cos(phi[i] - phi[j]), 0.0)
+    sz, se = pz[i] + pz[j], e[i] + e[j]
+    return np.sqrt(np.maximum(se * se - sz * sz - st2, 0.0)), np.sqrt(st2), sz, se
 
 
 def best_pairs(

@@ -137,8 +137,8 @@ def nanoaod_dilepton(
         t1, t2 = _truth_pair(a, flavour, rows, good[g1], good[g2], q[g1], q[g2])
         found = (t1 >= 0) & (t2 >= 0)
         rows, g1, g2, t1, t2 = rows[found], g1[found], g2[found], t1[found], t2[found]
-    m, sx, sy, sz, se = pair_sum(p4, g1, g2)
-    cols: dict[str, Any] = {"reco_mass": m, "reco_pt": np.hypot(sx, sy)}
+    m, spt, sz, se = pair_sum(p4, g1, g2)
+    cols: dict[str, Any] = {"reco_mass": m, "reco_pt": spt}
     cols["reco_y"] = 0.5 * np.log((se + sz) / (se - sz))
     cols["reco_flavour"] = np.full(rows.size, float(flavour))
     flat = {"pt": pt, "eta": eta, "phi": phi, "iso": iso_all[good], "charge": q}
@@ -156,8 +156,8 @@ def nanoaod_dilepton(
             else LEPTON_MASS[flavour]
         )
         t4 = four_vectors(gpt, geta, gphi, gmass)
-        tm, tx, ty, tz, te = pair_sum(t4, t1, t2)
-        cols["truth_mass"], cols["truth_pt"] = tm, np.hypot(tx, ty)
+        tm, tpt, tz, te = pair_sum(t4, t1, t2)
+        cols["truth_mass"], cols["truth_pt"] = tm, tpt
         cols["truth_y"] = 0.5 * np.log((te + tz) / (te - tz))
         for v, arr in (("pt", gpt), ("eta", geta), ("phi", gphi)):
             cols[f"truth_l1_{v}"], cols[f"truth_l2_{v}"] = arr[t1], arr[t2]

@@ -117,7 +117,7 @@ def _to_numpy(arr: Any) -> np.ndarray | Jagged:
     ):
         offsets = np.asarray(layout.offsets.data, dtype=np.int64)
         content = np.asarray(layout.content.data)[offsets[0] : offsets[-1]]
-        return Jagged(offsets - offsets[0], content)
+        return Jagged(offsets - offsets[0] if offsets[0] else offsets, content)
     if isinstance(layout, ak.contents.NumpyArray):
         return np.asarray(layout.data)
     flat = ak.flatten(arr, axis=1)  # any other list layout
@@ -253,10 +253,15 @@ def process_partition(task: Task) -> PartitionResult:
 def partition_stats(res: PartitionResult, plan: Plan) -> dict[str, Any]:
     cfg = plan.cfg
     train = res.split == 0
-    feats = np.stack([res.columns[c][train] for c in cfg.features], axis=1)
     n = int(train.sum())
-    mean = feats.mean(axis=0) if n else np.zeros(len(cfg.features))
-    m2 = ((feats - mean) ** 2).sum(axis=0) if n else np.zeros(len(cfg.features))
+    mean = np.zeros(len(cfg.features))
+    m2 = np.zeros(len(cfg.features))
+    if n:
+        for k, c in enumerate(cfg.features):  # one column at a time: no (rows x features) copy
+            x = np.asarray(res.columns[c][train], dtype=np.float64)
+            mean[k] = x.mean()
+            x -= mean[k]
+            m2[k] = np.dot(x, x)
     deltas: dict[str, np.ndarray] = {}
     if cfg.resolution is not None:
         ok = train & (res.columns["reco_ok"] > 0.5) if plan.has_ok else train
@@ -265,11 +270,13 @@ def partition_stats(res: PartitionResult, plan: Plan) -> dict[str, Any]:
                 spec.mode, res.columns[spec.truth][ok], res.columns[spec.reco][ok]
             )
     hist: dict[str, np.ndarray] = {}
-    if cfg.unfold is not None and plan.edges is not None:
-        edges = np.asarray(plan.edges)
-        hist["reco"] = np.histogram(res.columns[cfg.unfold.reco], bins=edges)[0]
-        if cfg.unfold.truth:
-            hist["truth"] = np.histogram(res.columns[cfg.unfold.truth], bins=edges)[0]
+    if res.reco_bin is not None and plan.edges is not None:
+        # the bins process_partition computed (a row exactly on the upper edge is outside, as
+        # in reco_bin); np.histogram with an edges array sorts the column: half of this call
+        n_bins = len(plan.edges) - 1
+        hist["reco"] = np.bincount(res.reco_bin[res.reco_bin >= 0], minlength=n_bins)
+        if res.truth_bin is not None:
+            hist["truth"] = np.bincount(res.truth_bin[res.truth_bin >= 0], minlength=n_bins)
     return {
         "index": res.index,
         "rows": [int((res.split == k).sum()) for k in range(len(SPLITS))],

@@ -205,7 +205,7 @@ def _zll_pair(
     best_d, best_i, best_j = best_pairs(p4, q, fl, ent[good], n, sel.z_mass)
     rows = np.flatnonzero(best_d < sel.window * sel.z_mass)
     bi, bj = best_i[rows], best_j[rows]
-    m, sx, sy, sz, se = pair_sum(p4, bi, bj)
+    m, spt, sz, se = pair_sum(p4, bi, bj)
 
     swap = pt[bj] > pt[bi]  # leading-pT lepton first
     g1, g2 = np.where(swap, bj, bi), np.where(swap, bi, bj)
@@ -213,7 +213,7 @@ def _zll_pair(
     want = set(columns)
     cols["reco_mass"] = m
     if "reco_pt" in want:
-        cols["reco_pt"] = np.hypot(sx, sy)
+        cols["reco_pt"] = spt
     if "reco_y" in want:
         cols["reco_y"] = 0.5 * np.log((se + sz) / (se - sz))
     flat = {"pt": pt, "eta": eta, "phi": phi, "iso": iso_all[good], "charge": q}
