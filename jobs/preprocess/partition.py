@@ -261,7 +261,8 @@ def partition_stats(res: PartitionResult, plan: Plan) -> dict[str, Any]:
             x = np.asarray(res.columns[c][train], dtype=np.float64)
             mean[k] = x.mean()
             x -= mean[k]
-            m2[k] = np.dot(x, x)
+            x *= x
+            m2[k] = x.sum()  # numpy's pairwise sum, not BLAS: the same bits for any thread count
     deltas: dict[str, np.ndarray] = {}
     if cfg.resolution is not None:
         ok = train & (res.columns["reco_ok"] > 0.5) if plan.has_ok else train
